@@ -1,0 +1,187 @@
+"""Checkpoints: the authors' Lightning `.ckpt` files and the project's own folder format.
+
+Own format, a folder:
+    config.json         {"format": "mimic-el", "version": 1, "mimic": MIMICConfig, "clip": CLIPConfig}
+    model.safetensors   every weight, under the same keys as the authors' `state_dict`
+    tokenizer + preprocessor_config.json, so that the folder loads with no hub and no encoder folder
+
+Authors' format: a PyTorch Lightning checkpoint whose `state_dict` holds `encoder.clip.*`,
+`encoder.image_*_fc.*` and `matcher.*`; `hyper_parameters` is an OmegaConf DictConfig. It is read with
+`torch.load(weights_only=True)`, allow-listing only OmegaConf's container and node classes: a file
+that asks for anything else is refused, never unpickled.
+"""
+import collections
+import json
+import os
+import pickle
+import re
+import typing
+import zipfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import CLIPConfig, CLIPModel
+
+from .encoder import DEFAULT_ENCODER, clip_config
+from .fileio import atomic_folder, write_json
+from .model import MIMIC, MIMICConfig
+from .processing import Processor
+
+FORMAT = "mimic-el"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+# Buffers older transformers versions saved and current ones recompute.
+IGNORED_SUFFIXES = (".position_ids",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+def _omegaconf_globals() -> list:
+    import omegaconf
+    from omegaconf import base, nodes
+    classes = [omegaconf.DictConfig, omegaconf.ListConfig, base.Metadata, base.ContainerMetadata]
+    classes += [getattr(nodes, n) for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
+                                            "BytesNode", "PathNode", "EnumNode", "ValueNode") if hasattr(nodes, n)]
+    return classes + [typing.Any, collections.defaultdict, dict, list, tuple, set, int, float, str, bool]
+
+
+def read_torch_file(path: str) -> dict:
+    """torch.load(weights_only=True) with OmegaConf's classes allowed, and errors said plainly."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_omegaconf_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)|Trying to call reduce for (\S+)",
+                           str(e))
+        if unsafe:
+            raise CheckpointError(f"{path}: refused to load: the file contains objects other than weights and "
+                                  f"settings ({unsafe.group(0)}), which could run code when unpickled")
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)")
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def check_and_load_state(model: MIMIC, state: dict, source: str):
+    """Load `state` into `model` after checking every key and shape; name the first problem."""
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES) or k in expected}
+    for key, value in state.items():
+        if key not in expected:
+            raise CheckpointError(f"{source}: unexpected key {key!r}: this is not a MIMIC checkpoint of this layout")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(value.shape)} but the model expects "
+                                  f"{tuple(expected[key].shape)} (another encoder or hidden size?)")
+    missing = [k for k in expected if k not in state and not k.endswith(IGNORED_SUFFIXES)]
+    if missing:
+        raise CheckpointError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all)")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _dims_from_state(state: dict) -> dict:
+    """The MIMIC hidden sizes, read off the weights (so any authors' config loads)."""
+    def rows(key):
+        if key not in state:
+            raise CheckpointError(f"missing key {key!r}: this is not a MIMIC checkpoint")
+        return state[key].shape[0]
+    return {"dv": rows("encoder.image_cls_fc.weight"), "tglu_dim": rows("matcher.tglu.fc_query.weight"),
+            "vdlu_dim": rows("matcher.vdlu.dual_ent2men.cls_fc.weight"), "cmfu_dim": rows("matcher.cmfu.text_fc.weight")}
+
+
+def _plain(value):
+    """OmegaConf containers -> plain Python (without resolving interpolations)."""
+    try:
+        from omegaconf import OmegaConf
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=False)
+    except ImportError:
+        pass
+    return value
+
+
+def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
+    """A Lightning checkpoint written by the authors' code (or by our trainer, which uses the same keys).
+
+    The CLIP architecture comes from `encoder` (hub id or local folder); by default from the run's
+    `pretrained_model` when that folder exists here, else openai/clip-vit-base-patch32.
+    """
+    raw = read_torch_file(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(raw).__name__})")
+    state = raw.get("state_dict", raw)
+    if not isinstance(state, dict) or not any(str(k).startswith("matcher.") for k in state):
+        raise CheckpointError(f"{path}: no MIMIC weights in it (expected a 'state_dict' with 'matcher.*' keys)")
+    hparams = _plain(raw.get("hyper_parameters")) or {}
+    if encoder is None:
+        run_encoder = hparams.get("pretrained_model") if isinstance(hparams, dict) else None
+        encoder = run_encoder if isinstance(run_encoder, str) and os.path.isdir(run_encoder) else DEFAULT_ENCODER
+    try:
+        config = MIMICConfig(encoder=encoder, **_dims_from_state(state))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}")
+    text_max_length = (hparams.get("data") or {}).get("text_max_length") if isinstance(hparams, dict) else None
+    if isinstance(text_max_length, int):
+        config.text_max_length = text_max_length
+    if isinstance(hparams, dict) and isinstance(hparams.get("mimic_el"), dict):  # written by our trainer
+        own = hparams["mimic_el"]
+        config.units = tuple(own.get("units", config.units))
+        config.metadata = dict(own.get("metadata", {}))
+    model = MIMIC(config, CLIPModel(clip_config(encoder)))
+    return check_and_load_state(model, state, path).eval()
+
+
+def save_model(model: MIMIC, folder: str):
+    """Write the own format (atomically: the folder appears complete or not at all)."""
+    with atomic_folder(folder) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+                 if not k.endswith(IGNORED_SUFFIXES)}
+        save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
+        write_json(os.path.join(tmp, CONFIG), {"format": FORMAT, "version": VERSION,
+                                               "mimic": model.config.to_dict(),
+                                               "clip": model.encoder.clip.config.to_dict()})
+        model.processor.save(tmp)
+
+
+def load_own_checkpoint(folder: str) -> MIMIC:
+    config_path = os.path.join(folder, CONFIG)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no {CONFIG}; not a mimic-el checkpoint folder")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path}: not a mimic-el checkpoint (format is {meta.get('format')!r})"
+                              if isinstance(meta, dict) else f"{config_path}: not a mimic-el checkpoint")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{folder}: written by a newer mimic-el (format version {meta['version']})")
+    config = MIMICConfig.from_dict(meta["mimic"])
+    clip_values = dict(meta["clip"])
+    clip = CLIPModel(CLIPConfig(**clip_values))
+    try:
+        state = load_file(os.path.join(folder, WEIGHTS))
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: {WEIGHTS} is missing")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{os.path.join(folder, WEIGHTS)}: damaged or truncated weights file ({e})")
+    model = MIMIC(config, clip, Processor.for_encoder(folder, config.text_max_length))
+    return check_and_load_state(model, state, folder).eval()
+
+
+def load_checkpoint(path: str, encoder: str = None) -> MIMIC:
+    """A checkpoint of either format: a folder (own format) or a file (authors' Lightning .ckpt)."""
+    if os.path.isdir(path):
+        return load_own_checkpoint(path)
+    if os.path.basename(path) in (WEIGHTS, CONFIG):
+        return load_own_checkpoint(os.path.dirname(path) or ".")
+    return load_authors_checkpoint(path, encoder)

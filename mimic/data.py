@@ -1,0 +1,234 @@
+"""Readers for the authors' cleaned datasets (WikiMEL, RichpediaMEL, WikiDiverse) and their YAML configs.
+
+    qid2id.json     {"Q42": 0, ...}                       QID -> entity index
+    kb_entity.json  [{"id", "type", "entity_name" (URL-quoted), "attr", "image_list"}, ...]
+    *_{train,dev,test}.json
+                    [{"id", "sentence", "mentions" (URL-quoted), "imgPath", "answer" (QID or "nil")}, ...]
+
+Entities are sorted by `id`; the list position is the entity index. A mention's image is read from the
+mention image folder as `<imgPath's base name up to its first dot>.jpg` (the authors converted every
+mention image to JPEG and name them so). Every problem is reported with the file and the entry.
+"""
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from omegaconf import OmegaConf
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, naming the file and the entry."""
+
+
+@dataclass
+class Entity:
+    index: int
+    name: str
+    attr: str
+    images: list = field(default_factory=list)  # file names inside the KB image folder
+    qid: str = None
+
+
+@dataclass
+class Mention:
+    id: object
+    sentence: str
+    mention: str
+    image: str = None  # file name inside the mention image folder, or None
+    answer: str = None  # QID, or "nil"
+
+
+def read_json(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found")
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected the {what} JSON file")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})")
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+
+
+def _field(path, position, entry, key, types, what):
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: {what} #{position} is a {type(entry).__name__}, expected an object")
+    if key not in entry:
+        label = f" (id {entry['id']!r})" if "id" in entry else ""
+        raise DataError(f"{path}: {what} #{position}{label} has no {key!r} field")
+    value = entry[key]
+    if not isinstance(value, types) or isinstance(value, bool):
+        label = f" (id {entry.get('id')!r})"
+        raise DataError(f"{path}: {what} #{position}{label}: {key!r} must be "
+                        f"{' or '.join(t.__name__ for t in types)}, got {type(value).__name__}")
+    return value
+
+
+def read_qid2id(path: str) -> dict:
+    data = read_json(path, "qid2id")
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object mapping QIDs to entity indices")
+    for qid, index in data.items():
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise DataError(f"{path}: QID {qid!r} maps to {index!r}, expected an integer entity index")
+    return data
+
+
+def read_kb(path: str, qid2id: dict = None) -> list:
+    """kb_entity.json -> Entities sorted by id (position = entity index), names unquoted."""
+    data = read_json(path, "KB entity")
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of entities")
+    entities, seen = [], {}
+    for position, entry in enumerate(data):
+        ident = _field(path, position, entry, "id", (int,), "entity")
+        if ident in seen:
+            raise DataError(f"{path}: entities #{seen[ident]} and #{position} share the id {ident}")
+        seen[ident] = position
+        name = _field(path, position, entry, "entity_name", (str,), "entity")
+        attr = entry.get("attr", "")
+        if attr is None:
+            attr = ""
+        if not isinstance(attr, str):
+            raise DataError(f"{path}: entity #{position} (id {ident}): 'attr' must be text")
+        images = entry.get("image_list") or []
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise DataError(f"{path}: entity #{position} (id {ident}): 'image_list' must be a list of file names")
+        entities.append(Entity(index=ident, name=unquote(name), attr=attr, images=list(images)))
+    entities.sort(key=lambda e: e.index)
+    qid_of = {index: qid for qid, index in (qid2id or {}).items()}
+    for position, entity in enumerate(entities):
+        entity.index = position
+        entity.qid = qid_of.get(position)
+    return entities
+
+
+def read_mentions(path: str, qid2id: dict = None, skip_nil: bool = True) -> list:
+    """A split file -> Mentions in file order (nil answers skipped unless asked)."""
+    data = read_json(path, "mention split")
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of mentions")
+    mentions = []
+    for position, entry in enumerate(data):
+        sentence = _field(path, position, entry, "sentence", (str,), "mention")
+        words = _field(path, position, entry, "mentions", (str,), "mention")
+        image = entry.get("imgPath") or None
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{path}: mention #{position} (id {entry.get('id')!r}): 'imgPath' must be text")
+        answer = entry.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise DataError(f"{path}: mention #{position} (id {entry.get('id')!r}): 'answer' must be a QID string")
+        if answer == "nil" and skip_nil:
+            continue
+        if qid2id is not None and answer is not None and answer != "nil" and answer not in qid2id:
+            raise DataError(f"{path}: mention #{position} (id {entry.get('id')!r}): answer {answer!r} is not in qid2id")
+        mentions.append(Mention(id=entry.get("id", position), sentence=sentence, mention=unquote(words),
+                                image=image, answer=answer))
+    return mentions
+
+
+def mention_image_name(img_path: str) -> str:
+    """The authors' rule: base name up to its first dot, plus '.jpg'."""
+    return os.path.basename(img_path).split(".")[0] + ".jpg"
+
+
+def mention_image_path(mention: Mention, folder: str):
+    return os.path.join(folder, mention_image_name(mention.image)) if mention.image else None
+
+
+def entity_image_path(entity: Entity, folder: str):
+    """Evaluation and KB encoding use an entity's first image (training picks one at random)."""
+    return os.path.join(folder, entity.images[0]) if entity.images else None
+
+
+def subsample(items: list, fraction: float, seed: int) -> list:
+    """A reproducible share of `items` (low-resource training), in their original order."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(items)
+    count = max(1, round(len(items) * fraction))
+    keep = sorted(random.Random(seed).sample(range(len(items)), count))
+    return [items[i] for i in keep]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run configuration: the authors' YAML layout, accepted unchanged, plus a few optional keys of ours.
+
+DEFAULTS = {
+    "run_name": "mimic", "seed": 43, "pretrained_model": "openai/clip-vit-base-patch32", "lr": 1e-5,
+    "data": {"num_entity": None, "kb_img_folder": None, "mention_img_folder": None, "qid2id": None,
+             "entity": None, "train_file": None, "dev_file": None, "test_file": None, "batch_size": 128,
+             "num_workers": 0, "text_max_length": 40, "eval_chunk_size": 6000, "eval_batch_size": 20,
+             "embed_update_batch_size": 512},
+    "model": {"input_hidden_dim": 512, "input_image_hidden_dim": 768, "hidden_dim": 96, "dv": 96, "dt": 512,
+              "TGLU_hidden_dim": 96, "IDLU_hidden_dim": 96, "CMFU_hidden_dim": 96},
+    "trainer": {"max_epochs": 20, "check_val_every_n_epoch": 2, "num_sanity_val_steps": 0, "log_every_n_steps": 30},
+    # ours: ablations, low-resource share, optimiser constants and early stopping
+    "ablation": {"units": ["tglu", "vdlu", "cmfu"], "unit_losses": ["tglu", "vdlu", "cmfu"]},
+    "train_fraction": 1.0,
+    "optim": {"betas": [0.9, 0.999], "eps": 1e-4, "weight_decay": 1e-4},
+    "early_stopping_patience": 3,
+    "output_dir": "runs",
+}
+
+
+def load_config(path: str, overrides: list = ()):
+    """An authors' YAML config (paths resolved against the file's folder) over our defaults."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: config file not found")
+    try:
+        user = OmegaConf.load(path)
+    except Exception as e:  # yaml's and OmegaConf's errors share no useful base class
+        raise DataError(f"{path}: not a valid YAML config ({e})")
+    config = OmegaConf.merge(OmegaConf.create(DEFAULTS), user, OmegaConf.from_dotlist(list(overrides)))
+    base = os.path.dirname(os.path.abspath(path))
+    for key in ("kb_img_folder", "mention_img_folder", "qid2id", "entity", "train_file", "dev_file", "test_file"):
+        value = config.data[key]
+        if isinstance(value, str) and not os.path.isabs(value):
+            config.data[key] = os.path.normpath(os.path.join(base, value))
+    return config
+
+
+class Dataset:
+    """One dataset in the authors' layout, read according to a run config."""
+
+    def __init__(self, config):
+        data = config.data
+        for key in ("qid2id", "entity"):
+            if not data[key]:
+                raise DataError(f"the config has no data.{key}")
+        self.config = config
+        self.qid2id = read_qid2id(data.qid2id)
+        self.entities = read_kb(data.entity, self.qid2id)
+        self.kb_images = data.kb_img_folder or ""
+        self.mention_images = data.mention_img_folder or ""
+        for qid, index in self.qid2id.items():
+            if not 0 <= index < len(self.entities):
+                raise DataError(f"{data.qid2id}: QID {qid!r} maps to index {index}, but the KB "
+                                f"{data.entity} has {len(self.entities)} entities")
+        self._splits = {}
+
+    def split(self, name: str) -> list:
+        key = {"train": "train_file", "dev": "dev_file", "val": "dev_file", "test": "test_file"}.get(name)
+        if key is None:
+            raise DataError(f"unknown split {name!r} (train, dev or test)")
+        if name not in self._splits:
+            path = self.config.data[key]
+            if not path:
+                raise DataError(f"the config has no data.{key}")
+            self._splits[name] = read_mentions(path, self.qid2id)
+        return self._splits[name]
+
+    def gold(self, mention: Mention) -> int:
+        return self.qid2id[mention.answer]
+
+    def entity_image(self, entity: Entity):
+        return entity_image_path(entity, self.kb_images)
+
+    def mention_image(self, mention: Mention):
+        return mention_image_path(mention, self.mention_images)

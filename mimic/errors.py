@@ -1,0 +1,8 @@
+"""The errors a user can cause and fix (bad input, files, options): reported as one plain line."""
+from .checkpoint import CheckpointError
+from .data import DataError
+from .encoder import EncoderUnavailable
+from .fileio import OutputError
+from .images import ImageError
+
+USER_ERRORS = (DataError, CheckpointError, EncoderUnavailable, OutputError, ImageError, FileNotFoundError)

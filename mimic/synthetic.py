@@ -1,0 +1,154 @@
+"""Small synthetic material for trying the pipeline offline: a tiny CLIP and a multimodal dataset.
+
+`make_tiny_clip` saves a CLIP of the same architecture family as ViT-B/32 (7x7 patches of 32 px on
+224 px images, the real 49,408-token vocabulary) at tiny widths, with random weights from a fixed seed.
+
+`make_dataset` writes a dataset in the authors' layout (qid2id.json, kb_entity.json, splits, image
+folders, a YAML config) where linking needs both modalities: entities come in groups that share a
+name and differ in colour, which only the image (or an adjective in the sentence) reveals.
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from transformers import CLIPConfig, CLIPModel
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+           "purple": (140, 50, 170), "orange": (240, 140, 30), "black": (20, 20, 20), "white": (240, 240, 240)}
+NOUNS = ["falcon", "river", "castle", "violin", "comet", "tiger", "harbor", "lantern", "meadow", "glacier",
+         "canyon", "orchid", "anchor", "beacon", "cedar", "dolphin", "ember", "forest", "granite", "island"]
+PLACES = ["paris", "lima", "oslo", "cairo", "tokyo", "quito", "delhi", "perth", "rome", "dakar"]
+SHAPES = ["circle", "square", "triangle"]
+TEMPLATES = ["we visited the {m} last summer near {p}.", "a photo of the {m} was taken in {p}.",
+             "everyone talked about the {m} at the meeting in {p}.", "the {m} appeared again, this time in {p}."]
+
+
+def make_tiny_clip(folder: str, seed: int = 0, projection_dim: int = 64) -> str:
+    """Save a tiny random CLIP (transformers format) to `folder` and return the folder."""
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=77, vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=224, patch_size=32),
+        projection_dim=projection_dim)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _draw(colour, shape, rng, jitter=0):
+    """A 224 x 224 picture: the entity's colour as a shape on a grey background, with optional noise."""
+    image = Image.new("RGB", (224, 224), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    dx, dy = (rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)) if jitter else (0, 0)
+    box = (40 + dx, 40 + dy, 184 + dx, 184 + dy)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
+    if jitter:
+        noise = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
+        image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+    return image
+
+
+def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int = 5, seed: int = 0,
+                 encoder: str = "openai/clip-vit-base-patch32", image_free_share: float = 0.1) -> str:
+    """Write a synthetic dataset in the authors' layout; return the path of its YAML config."""
+    rng = random.Random(seed)
+    os.makedirs(os.path.join(folder, "kb_image"), exist_ok=True)
+    os.makedirs(os.path.join(folder, "mention_image"), exist_ok=True)
+    colours = list(COLOURS)
+    entities, qid2id = [], {}
+    for index in range(num_entities):
+        noun = NOUNS[index // len(colours) % len(NOUNS)]  # groups of entities share a name
+        colour = colours[index % len(colours)]
+        shape = SHAPES[index % len(SHAPES)]
+        place = PLACES[rng.randrange(len(PLACES))]
+        qid = f"Q{1000 + index}"
+        qid2id[qid] = index
+        has_image = rng.random() >= image_free_share
+        if has_image:
+            _draw(COLOURS[colour], shape, rng).save(os.path.join(folder, "kb_image", f"{qid}.jpg"), quality=95)
+        entities.append({"id": index, "type": "entity", "entity_name": f"The%20{noun.title()}",
+                         "attr": f"a {colour} {shape} {noun} known from {place}.",
+                         "image_list": [f"{qid}.jpg"] if has_image else [],
+                         "_colour": colour, "_shape": shape, "_place": place, "_noun": noun})
+    mentions = []
+    for entity in entities:
+        for k in range(mentions_per_entity):
+            mid = f"M{entity['id']}-{k}"
+            # the place is a distractor: only the image (or, sometimes, a colour word) tells the group apart
+            sentence = rng.choice(TEMPLATES).format(m=entity["_noun"], p=rng.choice(PLACES))
+            if rng.random() < 0.2:
+                sentence = sentence.replace(entity["_noun"], f"{entity['_colour']} {entity['_noun']}", 1)
+            image = _draw(COLOURS[entity["_colour"]], entity["_shape"], rng, jitter=12)
+            image.save(os.path.join(folder, "mention_image", f"{mid}.jpg"), quality=90)
+            mentions.append({"id": mid, "sentence": sentence, "mentions": entity["_noun"],
+                             "imgPath": f"{mid}.png", "answer": f"Q{1000 + entity['id']}"})
+    rng.shuffle(mentions)
+    n = len(mentions)
+    splits = {"train": mentions[: int(n * 0.6)], "dev": mentions[int(n * 0.6): int(n * 0.8)],
+              "test": mentions[int(n * 0.8):]}
+    for entity in entities:
+        for key in [k for k in entity if k.startswith("_")]:
+            del entity[key]
+    with open(os.path.join(folder, "qid2id.json"), "w") as f:
+        json.dump(qid2id, f)
+    with open(os.path.join(folder, "kb_entity.json"), "w") as f:
+        json.dump(entities, f, indent=1)
+    for name, rows in splits.items():
+        with open(os.path.join(folder, f"SYNTH_{name}.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    config_path = os.path.join(folder, "synthetic.yaml")
+    with open(config_path, "w") as f:
+        f.write(SYNTH_CONFIG.format(num_entity=num_entities, encoder=encoder))
+    return config_path
+
+
+SYNTH_CONFIG = """\
+run_name: Synthetic
+seed: 43
+pretrained_model: '{encoder}'
+lr: 1e-3
+
+data:
+  num_entity: {num_entity}
+  kb_img_folder: kb_image
+  mention_img_folder: mention_image
+  qid2id: qid2id.json
+  entity: kb_entity.json
+  train_file: SYNTH_train.json
+  dev_file: SYNTH_dev.json
+  test_file: SYNTH_test.json
+  batch_size: 32
+  num_workers: 0
+  text_max_length: 40
+  eval_chunk_size: 6000
+  eval_batch_size: 20
+  embed_update_batch_size: 64
+
+model:
+  input_hidden_dim: 512
+  input_image_hidden_dim: 768
+  hidden_dim: 96
+  dv: 96
+  dt: 512
+  TGLU_hidden_dim: 96
+  IDLU_hidden_dim: 96
+  CMFU_hidden_dim: 96
+
+trainer:
+  max_epochs: 6
+  num_sanity_val_steps: 0
+  check_val_every_n_epoch: 2
+  log_every_n_steps: 5
+"""
