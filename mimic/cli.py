@@ -1,5 +1,6 @@
 """Command line: python -m mimic <command> --help."""
 import argparse
+import json
 import logging
 import os
 import sys
@@ -22,8 +23,14 @@ examples:
 run 'python -m mimic <command> --help' for the options of a command."""
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks; shows a default only where there is one worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _model_options(p, checkpoint_required=False):
@@ -35,7 +42,7 @@ def _model_options(p, checkpoint_required=False):
     p.add_argument("--init", choices=["zero-shot", "random"], default=None,
                    help="without --checkpoint: how to initialise the MIMIC layers on the pretrained CLIP "
                         "(zero-shot: every unit reduces to a CLIP similarity; random: untrained)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,29 +86,76 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entities per encoder batch (config: data.embed_update_batch_size)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("encode-kb", formatter_class=_Formatter, help="pre-encode a KB for fast linking",
+                       description="Encode every entity once and precompute every entity-side term of the three "
+                                   "units, into a store folder that 'link' and the demo search in milliseconds. "
+                                   "Resumable: run the same command again after an interruption and it continues "
+                                   "where it stopped. Large KBs: run '--shard i/n' for i = 0..n-1 on several "
+                                   "machines (each into its own folder), then '--merge' the shard folders.",
+                       epilog="examples:\n"
+                              "  python -m mimic encode-kb --config configs/wikimel.yaml --checkpoint K --out kb/wikimel\n"
+                              "  python -m mimic encode-kb --entities my_entities.json --images photos/ "
+                              "--init zero-shot --out kb/mine\n"
+                              "  python -m mimic encode-kb --config C.yaml --checkpoint K --shard 0/4 --out shard0\n"
+                              "  python -m mimic encode-kb --config C.yaml --checkpoint K --merge shard0 shard1 shard2 "
+                              "shard3 --out kb/wikimel")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="C.yaml", help="the KB of a dataset config (data.entity, data.qid2id, "
+                                                         "data.kb_img_folder)")
+    source.add_argument("--entities", metavar="E.json",
+                        help='an entity file: the authors\' kb_entity.json, or a plain list of {"name", '
+                             '"description", "image", "qid"}')
+    p.add_argument("--qid2id", metavar="Q.json", help="with --entities in the authors' layout: QID -> index map")
+    p.add_argument("--images", metavar="DIR", help="with --entities: the folder of the entity images")
+    _model_options(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="the store folder to write (or the shard folder)")
+    p.add_argument("--batch-size", type=int, default=64, help="entities per encoder batch")
+    p.add_argument("--chunk-size", type=int, default=1024,
+                   help="entities per resumable chunk (an interruption loses at most one chunk)")
+    p.add_argument("--precision", choices=["mixed", "float32"], default="mixed",
+                   help="mixed: token-level terms in float16 (half the size, see README for the error); "
+                        "float32: all in float32")
+    p.add_argument("--shard", metavar="I/N", help="encode only shard I of N (0-based) into --out")
+    p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="assemble finished shard folders into --out")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished encoding of --out and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("link", formatter_class=_Formatter, help="link mentions against a pre-encoded KB",
+                       description="Rank the KB's entities for a mention. Default: faiss retrieves candidates by "
+                                   "the dot-product part of the score (G2G and S_C), the full MIMIC score ranks "
+                                   "them. --exact returns exactly the exhaustive top-k (proved by score bounds). "
+                                   "Without --checkpoint/--init, the model recorded in the store is used.",
+                       epilog="examples:\n"
+                              "  python -m mimic link --kb kb/wikimel --checkpoint K --sentence \"Hopper painted "
+                              "Nighthawks.\" --mention Hopper\n"
+                              "  python -m mimic link --kb kb/wikimel --checkpoint K --queries q.jsonl --out o.jsonl\n"
+                              'queries: one JSON object a line, {"id", "sentence", "mention", "image": path or null}'
+                              " (paths relative to the queries file)\n"
+                              'output: {"id", "results": [{"rank", "index", "qid", "name", "score", "s_t", '
+                              '"s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}')
+    p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
+    _model_options(p)
+    p.add_argument("--sentence", help="the sentence the mention stands in")
+    p.add_argument("--mention", help="the words of the sentence that name the entity")
+    p.add_argument("--image", metavar="P", help="the mention's image (optional)")
+    p.add_argument("--queries", metavar="Q.jsonl", help="many mentions, one JSON object a line")
+    p.add_argument("--out", metavar="O.jsonl", help="with --queries: where to write the results")
+    p.add_argument("--top-k", type=int, default=10, help="how many entities to return")
+    p.add_argument("--exact", action="store_true", help="exactly the exhaustive top-k (slower)")
+    p.add_argument("--candidates", type=int, default=1024, help="default path: entities retrieved by faiss")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (single mention)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def load_model(args, config=None):
     """The model the options ask for: a checkpoint, or the pretrained CLIP with an initialisation."""
-    import torch
-    from .checkpoint import load_checkpoint
-    from .encoding import default_device
-    from .model import MIMIC, MIMICConfig
-    if args.checkpoint:
-        if args.init:
-            raise SystemExit("error: --init applies only without --checkpoint")
-        model = load_checkpoint(args.checkpoint, encoder=args.encoder)
-    else:
-        if not args.init:
-            raise SystemExit("error: give --checkpoint, or --init zero-shot (CLIP similarities) or --init random")
-        encoder = args.encoder or (config.pretrained_model if config is not None else None)
-        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder) if encoder else MIMICConfig())
-        if args.init == "zero-shot":
-            from .zeroshot import zero_shot_init
-            zero_shot_init(model)
-    device = torch.device(args.device) if args.device else default_device()
-    return model.to(device)
+    from .loading import load_model as load
+    if not args.checkpoint and not args.init:
+        raise SystemExit("error: give --checkpoint K, or --init zero-shot (CLIP similarities) or --init random")
+    encoder = args.encoder or (config.pretrained_model if config is not None and not args.checkpoint else None)
+    return load(args.checkpoint, encoder, args.init, args.device)
 
 
 def cmd_train(args):
@@ -152,7 +206,129 @@ def cmd_evaluate(args):
     print(_metrics_table(metrics))
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def _kb_source(args):
+    """(entities, image folder, KB fingerprint, config or None) from --config or --entities."""
+    from .data import Dataset, load_config, read_entity_file
+    from .fingerprint import file_fingerprint
+    if args.config:
+        config = load_config(args.config)
+        dataset = Dataset(config)
+        return dataset.entities, dataset.kb_images, file_fingerprint(config.data.entity, config.data.qid2id), config
+    entities = read_entity_file(args.entities, args.qid2id)
+    folder = args.images or os.path.dirname(os.path.abspath(args.entities))
+    return entities, folder, file_fingerprint(args.entities, args.qid2id), None
+
+
+def _parse_shard(text):
+    try:
+        index, total = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"error: --shard takes I/N, e.g. 0/4, got {text!r}")
+    if not 0 <= index < total:
+        raise SystemExit(f"error: --shard {text}: I must be between 0 and N-1")
+    return index, total
+
+
+def cmd_encode_kb(args):
+    from .store import encode_store, merge_shards
+    entities, folder, kb_fingerprint, config = _kb_source(args)
+    missing = sum(1 for e in entities if e.images and not os.path.isfile(os.path.join(folder, e.images[0])))
+    if missing:
+        logging.getLogger("mimic").warning("%d of %d entity images are missing under %s: those entities are "
+                                           "encoded with the zero image", missing, len(entities), folder)
+    if args.merge:
+        merge_shards(args.merge, args.out, entities, folder, kb_fingerprint)
+        print(f"merged {len(args.merge)} shards into {args.out} ({len(entities)} entities)")
+        return
+    shard = _parse_shard(args.shard) if args.shard else None
+    model = load_model(args, config)
+    source = {"checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
+              "encoder": args.encoder or model.config.encoder, "init": args.init}
+    encode_store(model, entities, folder, args.out, kb_fingerprint, batch_size=args.batch_size,
+                 chunk_size=args.chunk_size, shard=shard, precision=args.precision, restart=args.restart,
+                 progress=not args.no_progress, source=source)
+    if shard and shard[1] > 1:
+        print(f"shard {shard[0]}/{shard[1]} encoded into {args.out}; merge all shards with --merge")
+    else:
+        print(f"KB store written to {args.out} ({len(entities)} entities)")
+
+
+def _read_queries(path):
+    from .data import DataError
+    from .linker import Query, QueryError, check_query
+    base = os.path.dirname(os.path.abspath(path))
+    queries = []
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: queries file not found")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})")
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {number} must be a JSON object")
+        try:
+            sentence, mention = check_query(row.get("sentence"), row.get("mention"))
+        except QueryError as e:
+            raise DataError(f"{path}: line {number} (id {row.get('id')!r}): {e}")
+        image = row.get("image")
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{path}: line {number} (id {row.get('id')!r}): 'image' must be a path or null")
+        queries.append(Query(sentence, mention, os.path.join(base, image) if image else None,
+                             row.get("id", number)))
+    return queries
+
+
+def _results_table(rows):
+    head = f"{'rank':>4}  {'score':>8}  {'S_T':>8}  {'S_V':>8}  {'S_C':>8}  {'qid':<10} name"
+    lines = [head] + [f"{r['rank']:>4}  {r['score']:8.3f}  {r['s_t']:8.3f}  {r['s_v']:8.3f}  {r['s_c']:8.3f}  "
+                      f"{str(r['qid'] or '-'):<10} {r['name']}" for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_link(args):
+    from tqdm.auto import tqdm
+    from .fileio import write_jsonl
+    from .linker import Linker
+    from .loading import load_model as load
+    from .store import KBStore
+    single = args.sentence is not None or args.mention is not None
+    if single == bool(args.queries):
+        raise SystemExit("error: give either --sentence and --mention, or --queries Q.jsonl --out O.jsonl")
+    if args.queries and not args.out:
+        raise SystemExit("error: --queries needs --out O.jsonl")
+    queries = _read_queries(args.queries) if args.queries else None
+    store = KBStore.load(args.kb)
+    if args.checkpoint or args.init:
+        model = load(args.checkpoint, args.encoder, args.init, args.device)
+    else:
+        source = store.manifest.get("source") or {}
+        if not source.get("checkpoint") and not source.get("init"):
+            raise SystemExit("error: the store does not record its model: give --checkpoint or --init")
+        model = load(source.get("checkpoint"), args.encoder or source.get("encoder"), source.get("init"),
+                     args.device)
+    linker = Linker(model, store, candidates=args.candidates)
+    if single:
+        rows = linker.link(args.sentence, args.mention, args.image, args.top_k, args.exact)
+        print(json.dumps({"results": rows}, ensure_ascii=False, indent=1) if args.json else _results_table(rows))
+        return
+    bar = tqdm(total=len(queries), unit="query", desc="link", disable=args.no_progress)
+    def results():
+        for query, rows in zip(queries, linker.link_many(queries, args.top_k, args.exact)):
+            bar.update(1)
+            yield {"id": query.id, "results": rows}
+    write_jsonl(args.out, results())
+    bar.close()
+    print(f"{len(queries)} results written to {args.out}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode-kb": cmd_encode_kb, "link": cmd_link}
 
 
 def main(argv=None):

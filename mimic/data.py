@@ -78,9 +78,9 @@ def read_qid2id(path: str) -> dict:
     return data
 
 
-def read_kb(path: str, qid2id: dict = None) -> list:
+def read_kb(path: str, qid2id: dict = None, data=None) -> list:
     """kb_entity.json -> Entities sorted by id (position = entity index), names unquoted."""
-    data = read_json(path, "KB entity")
+    data = read_json(path, "KB entity") if data is None else data
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of entities")
     entities, seen = [], {}
@@ -105,6 +105,40 @@ def read_kb(path: str, qid2id: dict = None) -> list:
         entity.index = position
         entity.qid = qid_of.get(position)
     return entities
+
+
+def read_plain_entities(path: str, data=None) -> list:
+    """A plain entity list: [{"name", "description", "image" (file name or null), "qid" (optional)}]."""
+    data = read_json(path, "entity") if data is None else data
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of entities")
+    entities, seen = [], {}
+    for position, entry in enumerate(data):
+        name = _field(path, position, entry, "name", (str,), "entity")
+        description = entry.get("description") or ""
+        if not isinstance(description, str):
+            raise DataError(f"{path}: entity #{position} ({name!r}): 'description' must be text")
+        image = entry.get("image")
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{path}: entity #{position} ({name!r}): 'image' must be a file name or null")
+        qid = entry.get("qid")
+        if qid is not None:
+            if not isinstance(qid, str):
+                raise DataError(f"{path}: entity #{position} ({name!r}): 'qid' must be text")
+            if qid in seen:
+                raise DataError(f"{path}: entities #{seen[qid]} and #{position} share the qid {qid!r}")
+            seen[qid] = position
+        entities.append(Entity(index=position, name=name, attr=description, images=[image] if image else [],
+                               qid=qid))
+    return entities
+
+
+def read_entity_file(path: str, qid2id_path: str = None) -> list:
+    """Entities from the authors' kb_entity.json (with an optional qid2id.json) or a plain list."""
+    data = read_json(path, "entity")
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "entity_name" in data[0]:
+        return read_kb(path, read_qid2id(qid2id_path) if qid2id_path else None, data)
+    return read_plain_entities(path, data)
 
 
 def read_mentions(path: str, qid2id: dict = None, skip_nil: bool = True) -> list:

@@ -4,5 +4,8 @@ from .data import DataError
 from .encoder import EncoderUnavailable
 from .fileio import OutputError
 from .images import ImageError
+from .linker import QueryError
+from .store import StoreError
 
-USER_ERRORS = (DataError, CheckpointError, EncoderUnavailable, OutputError, ImageError, FileNotFoundError)
+USER_ERRORS = (DataError, CheckpointError, EncoderUnavailable, OutputError, ImageError, QueryError, StoreError,
+               FileNotFoundError)

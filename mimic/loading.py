@@ -1,0 +1,29 @@
+"""The model a user asks for: a trained checkpoint, or the pretrained CLIP with an initialisation."""
+import torch
+
+from .checkpoint import load_checkpoint
+from .encoder import DEFAULT_ENCODER
+from .encoding import default_device
+from .model import MIMIC, MIMICConfig
+
+INITS = ("zero-shot", "random")
+
+
+def load_model(checkpoint: str = None, encoder: str = None, init: str = None, device=None,
+               pretrained: bool = True) -> MIMIC:
+    """A checkpoint (either format), or, without one, MIMIC layers initialised by `init` on the CLIP
+    `encoder` (pretrained, or its architecture at random with pretrained=False)."""
+    if checkpoint:
+        if init:
+            raise ValueError("--init applies only without a checkpoint")
+        model = load_checkpoint(checkpoint, encoder=encoder)
+    else:
+        if init not in INITS:
+            raise ValueError(f"without a checkpoint, choose an initialisation: {' or '.join(INITS)}")
+        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER), pretrained=pretrained)
+        if init == "zero-shot":
+            from .zeroshot import zero_shot_init
+            zero_shot_init(model)
+        model.config.metadata = {**model.config.metadata, "init": init}
+    device = torch.device(device) if device else default_device()
+    return model.to(device).eval()

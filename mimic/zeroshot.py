@@ -1,0 +1,123 @@
+"""Zero-shot MIMIC: weights under which every unit reduces to a CLIP similarity.
+
+The authors published no trained weights; with random MIMIC layers on the real CLIP the ranking means
+nothing. `zero_shot_init` sets the MIMIC layers (the CLIP is untouched) so that, with λ = 100 (CLIP's
+own logit scale):
+
+    S_T = λ · ĉos(t_E, t_M)                    t = CLIP text embedding (text_embeds)
+    S_V = λ · ĉos(P i_E, P i_M)                i = CLIP image embedding (image_embeds)
+    S_C = λ · ĉos(R n(t_E), R n(t_M))          n(t) = the text input norm's output
+    S   = (S_T + S_V + S_C) / 3
+
+where ĉos(a, b) = (a − ā)·(b − b̄) / (D · sqrt((var a + ε)(var b + ε))) is the cosine of the centred
+vectors as LayerNorm computes it (ε = 1e-5; for CLIP's unit-norm 512-d embeddings it is the centred
+cosine times 1 − O(ε / var) ≈ 0.995, the same for every pair to within 3e-4), P and R are fixed
+semi-orthogonal matrices (orthonormal rows or columns from a seeded QR: near-isometric projections to
+the 96-d unit space), and n(t) = γ_T · LayerNorm(t) is the text input norm's output.
+
+Derivation, unit by unit, from the formulas in mimic/tglu.py, vdlu.py, cmfu.py:
+
+* TGLU. `fc_cls = 0` makes u_E = 0, so G2L = 0 and S_T = G2G / 2 = n(t_E) · n(t_M) / 2. With the
+  text-embedding LayerNorm at weight γ_T = sqrt(2λ / D) (D = 512) and bias 0, n(t_E)·n(t_M) =
+  γ_T² · D · ĉos(t_E, t_M) = 2λ ĉos, hence S_T = λ ĉos(t_E, t_M). The query/key/value layers keep
+  their random initialisation, so training can grow G2L (the token heatmap means nothing until then).
+* VDLU. `image_cls_fc = s·P` (s puts the coordinates at unit variance), `cls_fc = identity`, `fc = 0`:
+  then c = 0, h = layer_norm(0·g + k) = layer_norm(k) and the score is layer_norm(k)·layer_norm(q)
+  with q, k the two normalised image embeddings; with `layer_norm` weight sqrt(λ / 96) that is
+  λ · ĉos(P i_E, P i_M) for both DUALs (LayerNorm of an already normalised vector changes it by
+  < 1e-5). `gate_fc` bias 1 keeps the gate open (tanh 1 = 0.76) so that `fc` receives gradient.
+  A missing image enters the model as all-zero pixels, whose CLIP embedding b is one fixed vector.
+  P is blind to b (its rows are orthogonal to b), so a missing image gives P i = 0 and S_V = 0: no
+  visual evidence, instead of a perfect match between two blanks that would favour every entity
+  without an image whenever the mention has none.
+* CMFU. `image_fc = 0` makes every patch P_i = 0: α is uniform (the patch heatmap carries no
+  information) and ctx = 0. `gate_fc` = (weight 0, bias 1) gives g = tanh 1 for every input, and
+  f = gate_layer_norm(g · text_fc(n(t))) with `text_fc = R` and `gate_layer_norm` weight sqrt(λ / 96)
+  gives S_C = f_E·f_M = λ · ĉos(R n(t_E), R n(t_M)): a text similarity seen through a second
+  projection. No zero-shot alignment between patch tokens and text exists in CLIP, so none is claimed.
+
+All three are cosines times the same λ, so they are on one scale, and S ranks like the mean of a text
+cosine (counted twice, once through R) and an image cosine: the paper's CLIP baseline, in MIMIC's
+shape. Every layer that the formulas zero keeps a gradient path (noted above), so training starts
+from here.
+"""
+import math
+
+import torch
+from torch import nn
+
+LOGIT_SCALE = 100.0
+
+
+def semi_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """A rows x cols matrix with orthonormal rows (rows <= cols) or orthonormal columns."""
+    q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=generator))
+    q = q * torch.sign(torch.diagonal(r))  # a unique, well-spread Q
+    return q if rows >= cols else q.T
+
+
+def projection_blind_to(direction: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
+    """rows x D, semi-orthogonal on the complement of `direction`, and zero on `direction` itself."""
+    d = direction / direction.norm()
+    complement, _, _ = torch.linalg.svd(torch.eye(len(d)) - torch.outer(d, d))
+    basis = complement[:, : len(d) - 1]  # orthonormal basis of d's complement
+    return semi_orthogonal(rows, len(d) - 1, generator) @ basis.T
+
+
+@torch.no_grad()
+def blank_image_embedding(model) -> torch.Tensor:
+    """CLIP's image embedding of the all-zero pixels that stand for a missing image."""
+    clip = model.encoder.clip
+    size = model.processor.images.size
+    device = next(clip.parameters()).device
+    pooled = clip.vision_model(pixel_values=torch.zeros(1, 3, size, size, device=device)).pooler_output
+    embedding = clip.visual_projection(pooled)[0].float().cpu()
+    return embedding / embedding.norm()
+
+
+def _set(linear: nn.Linear, weight: torch.Tensor = None, bias: float = 0.0):
+    linear.weight.copy_(torch.zeros_like(linear.weight) if weight is None else weight)
+    linear.bias.fill_(bias)
+
+
+def _norm(layer: nn.LayerNorm, weight: float):
+    layer.weight.fill_(weight)
+    layer.bias.zero_()
+
+
+@torch.no_grad()
+def zero_shot_init(model, scale: float = LOGIT_SCALE, seed: int = 0):
+    """Set the MIMIC layers of `model` (not its CLIP) to the zero-shot initialisation; returns model."""
+    g = torch.Generator().manual_seed(seed)
+    m, enc = model.matcher, model.encoder
+    text_dim = m.text_cls_layernorm.normalized_shape[0]
+
+    # input norms: the text embedding norm carries the scale of G2G; the others are plain
+    _norm(m.text_cls_layernorm, math.sqrt(2 * scale / text_dim))
+    for layer in (m.text_tokens_layernorm, m.image_cls_layernorm, m.image_tokens_layernorm):
+        _norm(layer, 1.0)
+
+    # TGLU: G2L = 0 through fc_cls; query/key/value keep their (random) values
+    _set(m.tglu.fc_cls)
+    _norm(m.tglu.layer_norm, 1.0)
+
+    # VDLU: both DUALs compare the two normalised image embeddings
+    out_dim, in_dim = enc.image_cls_fc.weight.shape
+    blind = projection_blind_to(blank_image_embedding(model), out_dim, g)  # a missing image -> S_V = 0
+    _set(enc.image_cls_fc, math.sqrt(max(in_dim, out_dim)) * blind)
+    for dual in (m.vdlu.dual_ent2men, m.vdlu.dual_men2ent):
+        _set(dual.cls_fc, torch.eye(*dual.cls_fc.weight.shape))
+        _set(dual.fc)
+        _set(dual.gate_fc, bias=1.0)
+        _norm(dual.add_layer_norm, 1.0)
+        _norm(dual.layer_norm, math.sqrt(scale / dual.layer_norm.normalized_shape[0]))
+
+    # CMFU: no patch attention, an open gate, a text similarity through R
+    c = m.cmfu
+    _set(c.image_fc)
+    _set(c.gate_fc, bias=1.0)
+    _set(c.text_fc, semi_orthogonal(*c.text_fc.weight.shape, g))
+    _norm(c.gate_layer_norm, math.sqrt(scale / c.gate_layer_norm.normalized_shape[0]))
+    _norm(c.context_layer_norm, 1.0)
+    model.config.metadata = {**model.config.metadata, "init": "zero-shot"}
+    return model
