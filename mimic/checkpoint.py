@@ -135,6 +135,9 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
         own = hparams["mimic_el"]
         config.units = tuple(own.get("units", config.units))
         config.metadata = dict(own.get("metadata", {}))
+    if os.path.isfile(_nil_sidecar(path)):
+        with open(_nil_sidecar(path), encoding="utf-8") as f:
+            config.metadata["nil"] = json.load(f)
     model = MIMIC(config, CLIPModel(clip_config(encoder)))
     return check_and_load_state(model, state, path).eval()
 
@@ -176,6 +179,23 @@ def load_own_checkpoint(folder: str) -> MIMIC:
         raise CheckpointError(f"{os.path.join(folder, WEIGHTS)}: damaged or truncated weights file ({e})")
     model = MIMIC(config, clip, Processor.for_encoder(folder, config.text_max_length))
     return check_and_load_state(model, state, folder).eval()
+
+
+def _nil_sidecar(path: str) -> str:
+    return path + ".nil.json"
+
+
+def save_nil_rule(path: str, rule: dict) -> str:
+    """Store a NIL rule with a checkpoint: in a mimic-el folder's config.json, beside a .ckpt file."""
+    if os.path.isdir(path):
+        config_path = os.path.join(path, CONFIG)
+        with open(config_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        meta["mimic"].setdefault("metadata", {})["nil"] = rule
+        write_json(config_path, meta)
+        return config_path
+    write_json(_nil_sidecar(path), rule)
+    return _nil_sidecar(path)
 
 
 def load_checkpoint(path: str, encoder: str = None) -> MIMIC:

@@ -143,9 +143,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="O.jsonl", help="with --queries: where to write the results")
     p.add_argument("--top-k", type=int, default=10, help="how many entities to return")
     p.add_argument("--exact", action="store_true", help="exactly the exhaustive top-k (slower)")
-    p.add_argument("--candidates", type=int, default=1024, help="default path: entities retrieved by faiss")
+    p.add_argument("--candidates", type=int, default=256, help="default path: entities retrieved by faiss, then fully scored")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (single mention)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("kb", formatter_class=_Formatter, help="add, update or remove entities of a KB store",
+                       description="Edit a KB store in place without re-encoding it: only the new or changed "
+                                   "entities are encoded (with the store's own model). Each edit is atomic (a "
+                                   "failure leaves the previous version usable), bumps the store's kb_version, "
+                                   "and a running demo or linker picks it up without a restart.",
+                       epilog="examples:\n"
+                              "  python -m mimic kb add --kb kb/mine --entities new.json --images photos/\n"
+                              "  python -m mimic kb update --kb kb/mine --entities changed.json\n"
+                              "  python -m mimic kb remove --kb kb/mine --ids Q42 Q1\n"
+                              'entities: a JSON list of {"id" (or "qid"), "name", "description", "image"}')
+    kb_sub = p.add_subparsers(dest="kb_command", metavar="<add|update|remove>", required=True)
+    for name, text in (("add", "add new entities (their ids must be new)"),
+                       ("update", "replace the text or image of existing entities (same ids)")):
+        q = kb_sub.add_parser(name, formatter_class=_Formatter, help=text, description=text)
+        q.add_argument("--kb", required=True, metavar="DIR", help="the store to edit")
+        q.add_argument("--entities", required=True, metavar="E.json",
+                       help='a JSON list of {"id" (or "qid"), "name", "description", "image"}')
+        q.add_argument("--images", metavar="DIR", help="the folder of their images (default: beside the file)")
+        _model_options(q)
+    q = kb_sub.add_parser("remove", formatter_class=_Formatter, help="remove entities by id",
+                          description="Remove entities by id (their QID, or their index when they have none).")
+    q.add_argument("--kb", required=True, metavar="DIR", help="the store to edit")
+    q.add_argument("--ids", required=True, nargs="+", metavar="ID", help="ids of the entities to remove")
+
+    p = sub.add_parser("calibrate-nil", formatter_class=_Formatter, help="choose the NIL threshold on a dev split",
+                       description="Choose the rule that answers NIL (no matching entity in the KB): a threshold "
+                                   "on the best score S, or on its margin over the runner-up. A share of the dev "
+                                   "mentions have their gold entity removed from the KB (they should be NIL); the "
+                                   "rule that maximises accuracy over all dev mentions is kept. It is stored with "
+                                   "the checkpoint (config.json of a mimic-el folder, or <file>.nil.json beside "
+                                   "a .ckpt), and link and the demo then answer \"nil\": true below it.")
+    p.add_argument("--config", required=True, metavar="C.yaml", help="run config in the authors' YAML layout")
+    _model_options(p)
+    p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    p.add_argument("--share", type=float, default=0.5, help="share of dev mentions whose gold entity is removed")
+    p.add_argument("--seed", type=int, default=43, help="chooses which mentions lose their gold entity")
+    p.add_argument("--out", metavar="NIL.json", help="also write the rule and its report here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -296,7 +335,6 @@ def cmd_link(args):
     from tqdm.auto import tqdm
     from .fileio import write_jsonl
     from .linker import Linker
-    from .loading import load_model as load
     from .store import KBStore
     single = args.sentence is not None or args.mention is not None
     if single == bool(args.queries):
@@ -305,30 +343,89 @@ def cmd_link(args):
         raise SystemExit("error: --queries needs --out O.jsonl")
     queries = _read_queries(args.queries) if args.queries else None
     store = KBStore.load(args.kb)
-    if args.checkpoint or args.init:
-        model = load(args.checkpoint, args.encoder, args.init, args.device)
-    else:
-        source = store.manifest.get("source") or {}
-        if not source.get("checkpoint") and not source.get("init"):
-            raise SystemExit("error: the store does not record its model: give --checkpoint or --init")
-        model = load(source.get("checkpoint"), args.encoder or source.get("encoder"), source.get("init"),
-                     args.device)
-    linker = Linker(model, store, candidates=args.candidates)
+    linker = Linker(_store_model(args, store), store, candidates=args.candidates)
     if single:
-        rows = linker.link(args.sentence, args.mention, args.image, args.top_k, args.exact)
-        print(json.dumps({"results": rows}, ensure_ascii=False, indent=1) if args.json else _results_table(rows))
+        result = linker.link(args.sentence, args.mention, args.image, args.top_k, args.exact)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False, indent=1))
+        else:
+            print(_results_table(result["results"]))
+            if result["nil"]:
+                print("NIL: no matching entity in the KB (the best score is below the calibrated threshold)")
         return
     bar = tqdm(total=len(queries), unit="query", desc="link", disable=args.no_progress)
     def results():
-        for query, rows in zip(queries, linker.link_many(queries, args.top_k, args.exact)):
+        for query, result in zip(queries, linker.link_many(queries, args.top_k, args.exact)):
             bar.update(1)
-            yield {"id": query.id, "results": rows}
+            yield {"id": query.id, **result}
     write_jsonl(args.out, results())
     bar.close()
     print(f"{len(queries)} results written to {args.out}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode-kb": cmd_encode_kb, "link": cmd_link}
+def _store_model(args, store):
+    """The model the options ask for, else the one recorded in the store."""
+    from .loading import load_model as load
+    if args.checkpoint or args.init:
+        return load(args.checkpoint, args.encoder, args.init, args.device)
+    source = store.manifest.get("source") or {}
+    if not source.get("checkpoint") and not source.get("init"):
+        raise SystemExit("error: the store does not record its model: give --checkpoint or --init")
+    return load(source.get("checkpoint"), args.encoder or source.get("encoder"), source.get("init"), args.device)
+
+
+def cmd_kb(args):
+    from .data import read_entity_file
+    from .kbedit import edit_store
+    from .store import KBStore
+    if args.kb_command == "remove":
+        manifest = edit_store(args.kb, remove=args.ids)
+    else:
+        entities = read_entity_file(args.entities)
+        folder = args.images or os.path.dirname(os.path.abspath(args.entities))
+        model = _store_model(args, KBStore.load(args.kb, mmap=True))
+        manifest = edit_store(args.kb, model, image_folder=folder,
+                              **{"add" if args.kb_command == "add" else "update": entities})
+    print(f"{args.kb}: version {manifest['kb_version']}, {manifest['count']} entities")
+
+
+def cmd_calibrate_nil(args):
+    from .checkpoint import save_nil_rule
+    from .data import Dataset, load_config
+    from .encoding import encode_all
+    from .evaluate import encode_kb
+    from .fileio import write_json
+    from .matcher import select
+    from .nil import calibrate
+    from .processing import mention_text
+    from .search import Searcher
+    config = load_config(args.config)
+    dataset = Dataset(config)
+    mentions = dataset.split(args.split)
+    model = load_model(args, config)
+    terms = encode_kb(model, dataset, config.data.embed_update_batch_size, progress=not args.no_progress)
+    searcher = Searcher(model.matcher, terms)
+    mention_terms = encode_all(model, [mention_text(m.mention, m.sentence) for m in mentions],
+                               [dataset.mention_image(m) for m in mentions], "mention", config.data.eval_batch_size,
+                               desc=f"encode {args.split}", progress=not args.no_progress)
+    tops = []
+    for i in range(len(mentions)):
+        index, scores = searcher.search(select(mention_terms, slice(i, i + 1)), 3, exact=True)
+        tops.append(list(zip(index.tolist(), scores.s[0].tolist())))
+    report = calibrate(tops, [dataset.gold(m) for m in mentions], args.share, args.seed)
+    report.update(split=args.split, config=os.path.abspath(args.config))
+    if args.checkpoint:
+        where = save_nil_rule(args.checkpoint, report)
+        print(f"NIL rule stored in {where}")
+    if args.out:
+        write_json(args.out, report)
+    print(f"NIL rule: {report['feature']} < {report['threshold']:.4f} -> nil; accuracy on {report['count']} "
+          f"{args.split} mentions ({report['removed']} with their gold entity removed): {100 * report['accuracy']:.2f} % "
+          f"(without NIL: {100 * report['accuracy_without_nil']:.2f} %)")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode-kb": cmd_encode_kb, "link": cmd_link,
+            "kb": cmd_kb, "calibrate-nil": cmd_calibrate_nil}
 
 
 def main(argv=None):

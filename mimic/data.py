@@ -108,7 +108,7 @@ def read_kb(path: str, qid2id: dict = None, data=None) -> list:
 
 
 def read_plain_entities(path: str, data=None) -> list:
-    """A plain entity list: [{"name", "description", "image" (file name or null), "qid" (optional)}]."""
+    """A plain entity list: [{"name", "description", "image" (file name or null), "qid" or "id" (optional)}]."""
     data = read_json(path, "entity") if data is None else data
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of entities")
@@ -121,10 +121,12 @@ def read_plain_entities(path: str, data=None) -> list:
         image = entry.get("image")
         if image is not None and not isinstance(image, str):
             raise DataError(f"{path}: entity #{position} ({name!r}): 'image' must be a file name or null")
-        qid = entry.get("qid")
+        qid = entry.get("qid", entry.get("id"))
+        if isinstance(qid, int) and not isinstance(qid, bool):
+            qid = str(qid)
         if qid is not None:
             if not isinstance(qid, str):
-                raise DataError(f"{path}: entity #{position} ({name!r}): 'qid' must be text")
+                raise DataError(f"{path}: entity #{position} ({name!r}): 'qid' (or 'id') must be text")
             if qid in seen:
                 raise DataError(f"{path}: entities #{seen[qid]} and #{position} share the qid {qid!r}")
             seen[qid] = position

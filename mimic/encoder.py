@@ -41,13 +41,14 @@ def clip_config(name_or_path: str) -> CLIPConfig:
         raise EncoderUnavailable(f"cannot read the CLIP configuration of {name_or_path!r}: {e}") from e
 
 
-def load_clip(name_or_path: str = DEFAULT_ENCODER, pretrained: bool = True) -> CLIPModel:
-    """CLIPModel with pretrained weights (hub id or local folder), or the same architecture at random."""
+def load_clip(name_or_path: str = DEFAULT_ENCODER, pretrained: bool = True, local_files_only: bool = False) -> CLIPModel:
+    """CLIPModel with pretrained weights (hub id or local folder), or the same architecture at random.
+    local_files_only: use the local Hugging Face cache only (fails at once instead of retrying offline)."""
     if not pretrained:
         return CLIPModel(clip_config(name_or_path)).eval()
     transformers_logging.disable_progress_bar()  # one bar per weight file is noise in a CLI or a server log
     try:
-        return CLIPModel.from_pretrained(name_or_path, dtype=torch.float32).eval()
+        return CLIPModel.from_pretrained(name_or_path, dtype=torch.float32, local_files_only=local_files_only).eval()
     except (OSError, ValueError) as e:
         raise EncoderUnavailable(
             f"could not load the pretrained CLIP {name_or_path!r} (no internet access, or no such model "

@@ -7,6 +7,7 @@ import torch
 from .encoding import encode_batch
 from .fingerprint import model_fingerprints
 from .matcher import select
+from .nil import is_nil
 from .loading import load_model
 from .processing import entity_text, mention_text
 from .search import Searcher
@@ -62,44 +63,68 @@ def check_top_k(top_k, count: int) -> int:
 
 
 class Linker:
-    def __init__(self, model, store: KBStore, candidates: int = 1024, check: bool = True):
-        if check:
-            store.check_model(model_fingerprints(model))
+    """Links mentions against a store. `refresh()` picks up a new version of the store (after a
+    `kb add/update/remove`) without a restart; a request in flight keeps the version it started with."""
+
+    def __init__(self, model, store: KBStore, candidates: int = 256, check: bool = True, nil_rule: dict = None):
         self.model = model.eval()
-        self.store = store
-        self.searcher = Searcher(model.matcher, store.terms, candidates)
+        self.fingerprints = model_fingerprints(model) if check else None
+        if check:
+            store.check_model(self.fingerprints)
+        self.candidates = candidates
+        self.nil_rule = nil_rule if nil_rule is not None else model.config.metadata.get("nil")
+        self._kb = (store, Searcher(model.matcher, store.terms, candidates))
 
     @classmethod
     def open(cls, kb: str, checkpoint: str = None, encoder: str = None, init: str = None, device=None,
-             candidates: int = 1024) -> "Linker":
+             candidates: int = 256) -> "Linker":
         store = KBStore.load(kb)
         return cls(load_model(checkpoint, encoder, init, device), store, candidates)
+
+    @property
+    def store(self) -> KBStore:
+        return self._kb[0]
+
+    @property
+    def searcher(self) -> Searcher:
+        return self._kb[1]
+
+    def refresh(self) -> bool:
+        """Reload the store if its folder holds a newer version; True when it did."""
+        store = self.store
+        if not store.changed():
+            return False
+        fresh = KBStore.load(store.path)
+        if self.fingerprints is not None:
+            fresh.check_model(self.fingerprints)
+        self._kb = (fresh, Searcher(self.model.matcher, fresh.terms, self.candidates))
+        return True
 
     def mention_terms(self, queries: list) -> dict:
         texts = [mention_text(q.mention, q.sentence) for q in queries]
         return encode_batch(self.model, texts, [q.image for q in queries], "mention")
 
-    def _rows(self, index: torch.Tensor, scores) -> list:
+    @torch.no_grad()
+    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False) -> dict:
+        """-> {"nil": bool, "results": [{"rank", "index", "qid", "name", "score", "s_t", ...}]}"""
+        store, searcher = self._kb
+        k = check_top_k(top_k, len(store))
+        index, scores = searcher.search(mention, max(k, 2), exact)  # the margin rule needs a runner-up
         rows = []
         for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
-            meta = self.store.entities[i]
+            meta = store.entities[i]
             row = {"rank": rank, "index": i, "qid": meta.get("qid"), "name": meta.get("name"), "score": s}
             row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
             rows.append(row)
-        return rows
+        return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}
 
-    @torch.no_grad()
-    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False) -> list:
-        index, scores = self.searcher.search(mention, check_top_k(top_k, len(self.store)), exact)
-        return self._rows(index, scores)
-
-    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False) -> list:
-        """One mention -> ranked entities with every unit score."""
+    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False) -> dict:
+        """One mention -> {"nil", "results": ranked entities with every unit score}."""
         sentence, mention = check_query(sentence, mention)
         return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact)
 
     def link_many(self, queries: list, top_k: int = 10, exact: bool = False, batch_size: int = 16):
-        """Queries (already checked) -> one result list per query, in order; mentions encoded in batches."""
+        """Queries (already checked) -> one result per query, in order; mentions encoded in batches."""
         for start in range(0, len(queries), batch_size):
             batch = queries[start:start + batch_size]
             terms = self.mention_terms(batch)
@@ -110,10 +135,13 @@ class Linker:
     def explain(self, sentence, mention, image, entity_index: int) -> dict:
         """The attention behind one (mention, entity) pair: TGLU token-to-token weights [L_E, L_M] with
         the tokens, and the CMFU patch weights α of both images (CLS first, then 7x7 patches)."""
+        store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
+        if not 0 <= int(entity_index) < len(store):
+            raise QueryError(f"There is no entity {entity_index} in the KB (it has {len(store)}).")
         m = self.mention_terms([Query(sentence, mention, image)])
-        e = self.searcher.entity_terms(torch.tensor([entity_index]))
-        meta = self.store.entities[entity_index]
+        e = searcher.entity_terms(torch.tensor([int(entity_index)]))
+        meta = store.entities[int(entity_index)]
         processor = self.model.processor
         return {"attention": self.model.matcher.token_attention(m, e)[0, 0],
                 "mention_tokens": processor.tokens(mention_text(mention, sentence)),

@@ -10,7 +10,7 @@ INITS = ("zero-shot", "random")
 
 
 def load_model(checkpoint: str = None, encoder: str = None, init: str = None, device=None,
-               pretrained: bool = True) -> MIMIC:
+               pretrained: bool = True, local_files_only: bool = False) -> MIMIC:
     """A checkpoint (either format), or, without one, MIMIC layers initialised by `init` on the CLIP
     `encoder` (pretrained, or its architecture at random with pretrained=False)."""
     if checkpoint:
@@ -20,7 +20,8 @@ def load_model(checkpoint: str = None, encoder: str = None, init: str = None, de
     else:
         if init not in INITS:
             raise ValueError(f"without a checkpoint, choose an initialisation: {' or '.join(INITS)}")
-        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER), pretrained=pretrained)
+        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER), pretrained=pretrained,
+                                   local_files_only=local_files_only)
         if init == "zero-shot":
             from .zeroshot import zero_shot_init
             zero_shot_init(model)

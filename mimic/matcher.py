@@ -60,6 +60,10 @@ class Scores:
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def take(self, positions) -> "Scores":
+        """The scores of the entities at `positions` along the entity axis."""
+        return Scores(*(getattr(self, f.name)[:, positions] for f in fields(self)))
+
 
 # Terms are nested dicts of tensors whose first axis is the entity (or mention) axis.
 def map_terms(fn, terms):

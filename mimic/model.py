@@ -45,12 +45,13 @@ class MIMIC(nn.Module):
         self.processor = processor or Processor.for_encoder(config.encoder, config.text_max_length)
 
     @classmethod
-    def from_encoder(cls, config: MIMICConfig = None, pretrained: bool = True, seed: int = 0) -> "MIMIC":
+    def from_encoder(cls, config: MIMICConfig = None, pretrained: bool = True, seed: int = 0,
+                     local_files_only: bool = False) -> "MIMIC":
         """A MIMIC on a (pretrained) CLIP, with freshly initialised MIMIC layers (seeded)."""
         config = config or MIMICConfig()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return cls(config, load_clip(config.encoder, pretrained))
+            return cls(config, load_clip(config.encoder, pretrained, local_files_only))
 
     def encode(self, batch: dict) -> Features:
         return self.encoder(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])

@@ -2,7 +2,7 @@
 
 A store is a folder:
     manifest.json      format, count, precision, fingerprints (checkpoint, encoder, KB), kb_version, terms
-    entities.jsonl     one line per entity: {"index", "qid", "name", "description", "image"}
+    entities.jsonl     one line per entity: {"index", "id", "qid", "name", "description", "image"}
     terms/<name>.npy   one array per entity-side term, first axis = entity index:
                        tglu.t_g [N, 512], tglu.query [N, 40, 96], tglu.cls [N, 96],
                        vdlu.e2m.q / vdlu.e2m.q_norm / vdlu.m2e.k / vdlu.m2e.p [N, 96],
@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,8 @@ class KBStore:
     entities: list  # metadata dicts, position = entity index
     terms: dict  # nested dict of tensors (see the module docstring)
     fingerprints: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)  # the same terms as flat numpy arrays, by file name
+    stamp: tuple = ()  # identifies this version of the folder (see `changed`)
 
     def __len__(self):
         return len(self.entities)
@@ -99,11 +102,26 @@ class KBStore:
             if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"] or len(array) != count:
                 raise StoreError(f"{file}: shape {list(array.shape)} {array.dtype} does not match the manifest "
                                  f"({spec['shape']} {spec['dtype']})")
-            flat[name] = torch.from_numpy(np.asarray(array) if not mmap else array)
+            flat[name] = array
         entities = read_entities(os.path.join(path, "entities.jsonl"))
         if len(entities) != count:
             raise StoreError(f"{path}: entities.jsonl has {len(entities)} lines, the manifest says {count}")
-        return cls(path, manifest, entities, unflatten_terms(flat), manifest["fingerprints"])
+        with warnings.catch_warnings():  # read-only memory maps: the terms are never written
+            warnings.simplefilter("ignore", UserWarning)
+            terms = unflatten_terms({name: torch.from_numpy(a) for name, a in flat.items()})
+        return cls(path, manifest, entities, terms, manifest["fingerprints"], flat, _stamp(path))
+
+    def changed(self) -> bool:
+        """Has the folder been replaced by another version since this one was loaded?"""
+        return _stamp(self.path) != self.stamp
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        info = os.stat(os.path.join(path, "manifest.json"))
+        return info.st_ino, info.st_mtime_ns, info.st_size
+    except OSError:
+        return ()
 
 
 def read_entities(path: str) -> list:
@@ -120,10 +138,15 @@ def read_entities(path: str) -> list:
     return entities
 
 
+def entity_id(entity) -> str:
+    """The id that `kb update` and `kb remove` use: the QID when there is one, else the KB index."""
+    return entity.qid if entity.qid else str(entity.index)
+
+
 def entity_record(entity, image_folder: str) -> dict:
     image = entity_image_path(entity, image_folder)
-    return {"index": entity.index, "qid": entity.qid, "name": entity.name, "description": entity.attr,
-            "image": os.path.abspath(image) if image else None}
+    return {"index": entity.index, "id": entity_id(entity), "qid": entity.qid, "name": entity.name,
+            "description": entity.attr, "image": os.path.abspath(image) if image else None}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,8 +184,9 @@ def _open_work(work: str, plan: dict, restart: bool):
 
 def encode_chunks(model, entities: list, image_folder: str, work: str, fingerprints: dict, *, batch_size=64,
                   chunk_size=1024, shard=(0, 1), precision="mixed", restart=False, device=None,
-                  progress=True, source: dict = None) -> list:
-    """Encode this shard's chunks into `work`/chunks (skipping finished ones); returns the chunk ids."""
+                  progress=True, source: dict = None, on_progress=None) -> list:
+    """Encode this shard's chunks into `work`/chunks (skipping finished ones); returns the chunk ids.
+    on_progress(done, total) is called after every batch (for a UI)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     index, total = shard
@@ -186,6 +210,8 @@ def encode_chunks(model, entities: list, image_folder: str, work: str, fingerpri
                                  [entity_image_path(e, image_folder) for e in batch], "entity", device)
             parts.append(flatten_terms(terms))
             bar.update(len(batch))
+            if on_progress:
+                on_progress(bar.n, bar.total)
         arrays = {name: np.concatenate([p[name].numpy() for p in parts]).astype(term_dtype(name, precision))
                   for name in parts[0]}
         with atomic_file(_chunk_file(work, chunk), "wb") as f:
@@ -253,7 +279,7 @@ def assemble(works: list, out: str, entities: list, image_folder: str, kb_finger
 
 def encode_store(model, entities: list, image_folder: str, out: str, kb_fingerprint: str, *, batch_size=64,
                  chunk_size=1024, shard=None, precision="mixed", restart=False, device=None, progress=True,
-                 source: dict = None) -> str:
+                 source: dict = None, on_progress=None) -> str:
     """Encode a KB into a store at `out` (resumable). With shard=(i, n), write shard i's chunks to `out`
     and stop; `merge_shards` makes the store."""
     from .fingerprint import model_fingerprints
@@ -263,11 +289,12 @@ def encode_store(model, entities: list, image_folder: str, out: str, kb_fingerpr
     if shard is not None and shard[1] > 1:
         encode_chunks(model, entities, image_folder, out, fingerprints, batch_size=batch_size,
                       chunk_size=chunk_size, shard=shard, precision=precision, restart=restart, device=device,
-                      progress=progress, source=source)
+                      progress=progress, source=source, on_progress=on_progress)
         return out
     work = out.rstrip("/") + ".partial"
     encode_chunks(model, entities, image_folder, work, fingerprints, batch_size=batch_size, chunk_size=chunk_size,
-                  precision=precision, restart=restart, device=device, progress=progress, source=source)
+                  precision=precision, restart=restart, device=device, progress=progress, source=source,
+                  on_progress=on_progress)
     assemble([work], out, entities, image_folder, kb_fingerprint)
     shutil.rmtree(work, ignore_errors=True)
     return out

@@ -7,23 +7,31 @@ carries its own tokenizer files uses those instead.
 """
 import functools
 import gzip
+import importlib.util
 import os
 from pathlib import Path
 
-import open_clip
-from open_clip.tokenizer import bytes_to_unicode
 from transformers import CLIPTokenizer
 
-BPE_PATH = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+# Found without importing open_clip, which would pull in torchvision and timm (2-3 s, 250 MB).
+BPE_PATH = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # the vocabulary has 49,408 = 2*256 byte symbols + merges + 2 specials
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+def byte_symbols() -> list:
+    """The 256 byte-level BPE symbols in vocabulary order (GPT-2's byte-to-unicode table): printable
+    bytes stand for themselves, the others are moved to code points from 256 upwards."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
 
 
 @functools.lru_cache(maxsize=1)
 def _bundled_vocabulary():
     lines = gzip.open(BPE_PATH).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a header
-    symbols = list(bytes_to_unicode().values())
+    symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {token: i for i, token in enumerate(tokens)}, merges

@@ -38,12 +38,15 @@ class DUAL(nn.Module):
         """b_cls [B, dv], b_tokens [B, T, dv] -> k [B, d], p [B, d]."""
         return {"k": self.cls_fc(b_cls), "p": self.tokens_fc(b_tokens).mean(dim=1)}
 
-    def score(self, a: dict, b: dict) -> torch.Tensor:
-        """Score of every (a, b) pair: [A, B]."""
+    def fused(self, a: dict, b: dict) -> torch.Tensor:
+        """h = layer_norm(c * g + k) for every (a, b) pair: [A, B, d] (needs only a's q)."""
         c = self.fc(self.add_layer_norm(b["p"].unsqueeze(0) + a["q"].unsqueeze(1)))  # [A, B, d]
         g = torch.tanh(self.gate_fc(c))  # [A, B, 1]
-        h = self.layer_norm(c * g + b["k"].unsqueeze(0))
-        return (h * a["q_norm"].unsqueeze(1)).sum(-1)
+        return self.layer_norm(c * g + b["k"].unsqueeze(0))
+
+    def score(self, a: dict, b: dict) -> torch.Tensor:
+        """Score of every (a, b) pair: [A, B]."""
+        return (self.fused(a, b) * a["q_norm"].unsqueeze(1)).sum(-1)
 
 
 class VDLU(nn.Module):

@@ -5,7 +5,7 @@ nothing. `zero_shot_init` sets the MIMIC layers (the CLIP is untouched) so that,
 own logit scale):
 
     S_T = λ · ĉos(t_E, t_M)                    t = CLIP text embedding (text_embeds)
-    S_V = λ · ĉos(P i_E, P i_M)                i = CLIP image embedding (image_embeds)
+    S_V = λ · ĉos(m(i_E), m(i_M))              i = CLIP image embedding (image_embeds), m(i) = 0.1 · LN(P i)
     S_C = λ · ĉos(R n(t_E), R n(t_M))          n(t) = the text input norm's output
     S   = (S_T + S_V + S_C) / 3
 
@@ -23,13 +23,15 @@ Derivation, unit by unit, from the formulas in mimic/tglu.py, vdlu.py, cmfu.py:
   their random initialisation, so training can grow G2L (the token heatmap means nothing until then).
 * VDLU. `image_cls_fc = s·P` (s puts the coordinates at unit variance), `cls_fc = identity`, `fc = 0`:
   then c = 0, h = layer_norm(0·g + k) = layer_norm(k) and the score is layer_norm(k)·layer_norm(q)
-  with q, k the two normalised image embeddings; with `layer_norm` weight sqrt(λ / 96) that is
-  λ · ĉos(P i_E, P i_M) for both DUALs (LayerNorm of an already normalised vector changes it by
-  < 1e-5). `gate_fc` bias 1 keeps the gate open (tanh 1 = 0.76) so that `fc` receives gradient.
+  with q, k the two image embeddings after the input norm, m(i); with `layer_norm` weight
+  sqrt(λ / 96) that is λ · ĉos(m(i_E), m(i_M)) for both DUALs. (ĉos of two LayerNorm outputs is the
+  centred cosine of the projected embeddings P i to within 0.1 %.) `gate_fc` bias 1 keeps the gate open (tanh 1 = 0.76) so that `fc` receives gradient.
   A missing image enters the model as all-zero pixels, whose CLIP embedding b is one fixed vector.
   P is blind to b (its rows are orthogonal to b), so a missing image gives P i = 0 and S_V = 0: no
   visual evidence, instead of a perfect match between two blanks that would favour every entity
-  without an image whenever the mention has none.
+  without an image whenever the mention has none. In float32, P i of a missing image is not exactly 0
+  but rounding noise, which the two LayerNorms would blow up; the input norm's weight 0.1 keeps the
+  result below 0.1 on the scale of λ = 100.
 * CMFU. `image_fc = 0` makes every patch P_i = 0: α is uniform (the patch heatmap carries no
   information) and ctx = 0. `gate_fc` = (weight 0, bias 1) gives g = tanh 1 for every input, and
   f = gate_layer_norm(g · text_fc(n(t))) with `text_fc = R` and `gate_layer_norm` weight sqrt(λ / 96)
@@ -94,7 +96,8 @@ def zero_shot_init(model, scale: float = LOGIT_SCALE, seed: int = 0):
 
     # input norms: the text embedding norm carries the scale of G2G; the others are plain
     _norm(m.text_cls_layernorm, math.sqrt(2 * scale / text_dim))
-    for layer in (m.text_tokens_layernorm, m.image_cls_layernorm, m.image_tokens_layernorm):
+    _norm(m.image_cls_layernorm, 0.1)  # small: a missing image's rounding noise stays small (see VDLU)
+    for layer in (m.text_tokens_layernorm, m.image_tokens_layernorm):
         _norm(layer, 1.0)
 
     # TGLU: G2L = 0 through fc_cls; query/key/value keep their (random) values

@@ -80,7 +80,7 @@ def test_exact_link_scores_equal_the_evaluators(float32_linker, synth_dataset):
                                   encode_kb(linker.model, synth_dataset, progress=False))
     for i, m in enumerate(mentions):
         terms = _mention_terms(linker, synth_dataset, [m])
-        rows = linker.link_terms(terms, top_k=10, exact=True)
+        rows = linker.link_terms(terms, top_k=10, exact=True)["results"]
         assert [r["index"] for r in rows] == brute_force_top(reference[i].tolist(), 10)
         for r in rows:
             assert abs(r["score"] - reference[i, r["index"]].item()) <= 1e-4
@@ -90,8 +90,8 @@ def test_default_path_returns_true_scores_of_its_candidates(float32_linker, synt
     linker = float32_linker
     for m in synth_dataset.split("test")[:10]:
         terms = _mention_terms(linker, synth_dataset, [m])
-        exact = {r["index"]: r for r in linker.link_terms(terms, top_k=48, exact=True)}
-        fast = linker.link_terms(terms, top_k=5)  # 8 candidates of 48 entities
+        exact = {r["index"]: r for r in linker.link_terms(terms, top_k=48, exact=True)["results"]}
+        fast = linker.link_terms(terms, top_k=5)["results"]  # 8 candidates of 48 entities
         _, candidates = linker.searcher.index.search(linker.searcher._query_vector(terms), 8)
         assert {r["index"] for r in fast} <= set(candidates[0].tolist())
         assert [r["score"] for r in fast] == sorted((r["score"] for r in fast), reverse=True)
@@ -99,7 +99,8 @@ def test_default_path_returns_true_scores_of_its_candidates(float32_linker, synt
             for key in ("score", "s_t", "s_v", "s_c", "s_t_g2l"):
                 assert r[key] == pytest.approx(exact[r["index"]][key], abs=1e-4)
         linker.searcher.candidates = 48  # candidates covering the KB: the default path is the exact one
-        assert [r["index"] for r in linker.link_terms(terms, 5)] == [r["index"] for r in list(exact.values())[:5]]
+        assert [r["index"] for r in linker.link_terms(terms, 5)["results"]] == [r["index"] for r in
+                                                                                  list(exact.values())[:5]]
         linker.searcher.candidates = 8
 
 

@@ -47,7 +47,8 @@ def test_store_layout_and_contents(reference_store, synth_dataset, tiny_model):
     assert store.terms["tglu"]["query"].dtype == torch.float16 and store.terms["tglu"]["t_g"].dtype == torch.float32
     assert store.terms["tglu"]["query"].shape == (48, 40, 96) and store.terms["cmfu"]["alpha"].shape == (48, 50)
     first = store.entities[0]
-    assert set(first) == {"index", "qid", "name", "description", "image"} and first["qid"] == "Q1000"
+    assert set(first) == {"index", "id", "qid", "name", "description", "image"} and first["qid"] == "Q1000"
+    assert first["id"] == "Q1000"
     store.check_model(__import__("mimic.fingerprint", fromlist=["x"]).model_fingerprints(tiny_model))
 
 

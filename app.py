@@ -1,0 +1,18 @@
+"""Entry point of the demo (Hugging Face Spaces runs this): python app.py
+
+Honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; MIMIC_CHECKPOINT, MIMIC_ENCODER and MIMIC_CACHE
+choose the weights, the CLIP and the cache folder (see README).
+"""
+import logging
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from demo.ui import build_app  # noqa: E402
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+demo = build_app()
+
+if __name__ == "__main__":
+    demo.queue(default_concurrency_limit=1, max_size=256).launch(show_error=False)

@@ -1,0 +1,125 @@
+"""The demo KB (assets/demo_kb), pre-encoded once per (KB, encoder, checkpoint) into a cache folder.
+
+The first start encodes it (progress in the log and in the page); later starts load the cache.
+Preparation runs in a background thread so that the page is up at once and says what is happening.
+"""
+import base64
+import hashlib
+import io
+import logging
+import os
+import threading
+
+from PIL import Image
+
+from mimic.data import read_kb, read_qid2id
+from mimic.fingerprint import file_fingerprint, model_fingerprints
+from mimic.images import ImageError, open_image
+from mimic.linker import Linker
+from mimic.store import KBStore, StoreError, encode_store
+
+log = logging.getLogger(__name__)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_KB = os.path.join(ROOT, "assets", "demo_kb")
+
+
+def cache_root() -> str:
+    return os.environ.get("MIMIC_CACHE") or os.path.join(ROOT, "cache")
+
+
+class DemoKB:
+    """The demo KB's linker, once ready; `status` says where preparation stands."""
+
+    def __init__(self, loaded, kb_dir: str = DEMO_KB):
+        self.loaded = loaded
+        self.kb_dir = kb_dir
+        self.linker = None
+        self.error = None
+        self.status = "Preparing the knowledge base..."
+        self._thumbs = {}
+        self._lock = threading.Lock()
+        self._thread = None
+
+    @property
+    def ready(self) -> bool:
+        return self.linker is not None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._prepare, name="prepare-kb", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout=None):
+        if self._thread:
+            self._thread.join(timeout)
+        return self.ready
+
+    def store_path(self) -> str:
+        kb_files = [os.path.join(self.kb_dir, "kb_entity.json"), os.path.join(self.kb_dir, "qid2id.json")]
+        fingerprints = model_fingerprints(self.loaded.model)
+        key = hashlib.sha256((file_fingerprint(*kb_files) + fingerprints["encoder"] + fingerprints["checkpoint"])
+                             .encode()).hexdigest()[:16]
+        return os.path.join(cache_root(), f"kb-{key}")
+
+    def _prepare(self):
+        try:
+            path = self.store_path()
+            try:
+                store = KBStore.load(path)
+                log.info("demo KB loaded from the cache %s", path)
+            except StoreError:
+                store = self._encode(path)
+            self.linker = Linker(self.loaded.model, store)
+            self.status = f"Ready: {len(store)} entities."
+        except Exception as e:  # shown in the page instead of a dead app
+            log.exception("the demo KB could not be prepared")
+            self.error = f"The knowledge base could not be prepared: {e}"
+            self.status = self.error
+
+    def _encode(self, path: str) -> KBStore:
+        qid2id = read_qid2id(os.path.join(self.kb_dir, "qid2id.json"))
+        entities = read_kb(os.path.join(self.kb_dir, "kb_entity.json"), qid2id)
+        kb_files = [os.path.join(self.kb_dir, "kb_entity.json"), os.path.join(self.kb_dir, "qid2id.json")]
+
+        def progress(done, total):
+            self.status = f"First start: encoding the knowledge base, {done} of {total} entities..."
+
+        log.info("encoding the demo KB into %s (first start)", path)
+        encode_store(self.loaded.model, entities, os.path.join(self.kb_dir, "kb_image"), path,
+                     file_fingerprint(*kb_files), batch_size=16, chunk_size=64, restart=True, on_progress=progress)
+        return KBStore.load(path)
+
+    def add_entity(self, name: str, description: str, image_path: str = None) -> dict:
+        """Add an entity to the demo KB (encoded now, linkable at once); returns its record."""
+        import time
+        from mimic.data import Entity
+        from mimic.kbedit import edit_store
+        linker = self.linker
+        entity = Entity(index=0, name=name, attr=description, qid=f"user-{time.time_ns()}",
+                        images=[os.path.basename(image_path)] if image_path else [])
+        edit_store(linker.store.path, self.loaded.model, add=[entity],
+                   image_folder=os.path.dirname(image_path) if image_path else ".")
+        linker.refresh()
+        return linker.store.entities[-1]
+
+    def thumbnail(self, record: dict, size: int = 72) -> str:
+        """An <img> tag with the entity's picture (or a 'no image' note), cached by entity id."""
+        key = (record.get("id"), record.get("image"))
+        with self._lock:
+            if key not in self._thumbs:
+                self._thumbs[key] = self._make_thumbnail(record.get("image"), size)
+            return self._thumbs[key]
+
+    @staticmethod
+    def _make_thumbnail(path: str, size: int) -> str:
+        if not path:
+            return '<span style="color:#888;font-size:12px">no image</span>'
+        try:
+            image = open_image(path)
+        except ImageError:
+            return '<span style="color:#888;font-size:12px">image missing</span>'
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        return f'<img src="data:image/jpeg;base64,{data}" style="max-height:{size}px;max-width:{size}px">'

@@ -1,0 +1,159 @@
+"""The demo: `python app.py` served for real, then driven through gradio_client and headless Chromium."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from demo import heatmap, plots
+from demo.ui import describe_mention, occurrences
+from mimic.checkpoint import save_model
+from mimic.model import MIMIC, MIMICConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_IMAGE = os.path.join(ROOT, "assets", "demo_kb", "mention_image", "hopper_face_crop.jpg")
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(tmp_path, checkpoint=None, extra_env=None, timeout=180):
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "MIMIC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           **(extra_env or {})}
+    if checkpoint:
+        env["MIMIC_CHECKPOINT"] = checkpoint
+    log = open(tmp_path / f"app-{port}.log", "w")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    from gradio_client import Client
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited: {open(tmp_path / f'app-{port}.log').read()[-3000:]}")
+        try:
+            client = Client(url, verbose=False)
+            client.predict("Hopper painted Nighthawks.", "Hopper", None, 3, api_name="/link")
+            return process, url, client
+        except Exception:
+            time.sleep(1.0)
+    process.kill()
+    raise RuntimeError(f"app.py was not ready in {timeout} s: {open(tmp_path / f'app-{port}.log').read()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, tiny_clip):
+    """The app on a trained-format tiny checkpoint (random weights), so every panel has content."""
+    tmp = tmp_path_factory.mktemp("app")
+    checkpoint = str(tmp / "ckpt")
+    save_model(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=3), checkpoint)
+    process, url, client = start_app(tmp, checkpoint)
+    yield url, client, tmp
+    process.terminate()
+    process.wait(20)
+
+
+# -- pieces -----------------------------------------------------------------------------------------
+
+def test_mention_occurrences_are_found_and_highlighted():
+    assert occurrences("Hopper met hopper at HOPPER's", "hopper") == [(0, 6), (11, 17), (21, 27)]
+    highlighted, chooser = describe_mention("Hopper met hopper.", "hopper", 1)
+    assert highlighted == [("Hopper met ", None), ("hopper", "mention"), (".", None)]
+    assert chooser["visible"] is True and len(chooser["choices"]) == 2
+    highlighted, chooser = describe_mention("Paris in spring", "Rome")
+    assert highlighted[-1][1] == "problem" and chooser["visible"] is False
+
+
+def test_heatmap_overlay_puts_weight_where_alpha_is():
+    alpha = [0.0] + [0.0] * 49
+    alpha[1 + 6] = 1.0  # top-right patch of the 7 x 7 grid
+    image = Image.new("RGB", (700, 350), (128, 128, 128))
+    out = heatmap.overlay(image, alpha, max_side=512)
+    assert out.size == (512, 256)
+    top_right, bottom_left = out.getpixel((500, 10)), out.getpixel((10, 250))
+    assert sum(top_right) > sum(bottom_left) + 100
+    with pytest.raises(ValueError, match="square grid"):
+        heatmap.patch_grid([0.1] * 11)  # CLS + 10 patches: not a square
+
+
+def test_score_chart_and_token_plot():
+    rows = [{"rank": 1, "name": "Grace Hopper", "score": 3.0, "s_t": 4.0, "s_t_g2g": 6.0, "s_t_g2l": 2.0, "s_v": 2.0,
+             "s_v_e2m": 1.0, "s_v_m2e": 3.0, "s_c": 3.0}]
+    fig = plots.score_chart(rows)
+    assert [t.name for t in fig.data] == ["S_T (text)", "S_V (vision)", "S_C (cross-modal)", "S (overall)"]
+    assert list(fig.data[0].customdata[0]) == [6.0, 2.0] and list(fig.data[3].y) == [3.0]
+    fig = plots.token_attention(torch.eye(3), ["a", "b", "c"], ["x", "<|endoftext|>", "<|endoftext|>"], "E")
+    assert list(fig.layout.xaxis.ticktext) == ["x", "<|endoftext|>", "·"]
+
+
+# -- the served app ---------------------------------------------------------------------------------
+
+def test_link_api_returns_ranked_entities_with_every_unit_score(app_server):
+    from gradio_client import handle_file
+    _, client, _ = app_server
+    result = client.predict("A portrait of Hopper was unveiled at the gallery.", "Hopper",
+                            handle_file(EXAMPLE_IMAGE), 5, api_name="/link")
+    rows = result["results"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    assert set(rows[0]) == {"rank", "index", "qid", "name", "score", "s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m",
+                            "s_v_m2e", "s_c"}
+    for r in rows:
+        assert r["score"] == pytest.approx((r["s_t"] + r["s_v"] + r["s_c"]) / 3, abs=1e-4)
+        assert r["s_t"] == pytest.approx((r["s_t_g2g"] + r["s_t_g2l"]) / 2, abs=1e-4)
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert result["zero_shot"] is False
+
+
+@pytest.mark.parametrize("sentence,mention,message", [
+    ("", "Hopper", "Please type a sentence"),
+    ("Hopper painted Nighthawks.", "", "Please type the mention"),
+    ("Hopper painted Nighthawks.", "Turing", "does not occur in the sentence"),
+])
+def test_link_api_explains_bad_input(app_server, sentence, mention, message):
+    from gradio_client import Client
+    url, _, _ = app_server
+    with pytest.raises(Exception, match=message):
+        Client(url, verbose=False).predict(sentence, mention, None, 3, api_name="/link")
+
+
+def test_the_page_links_and_draws_every_panel(app_server):
+    """Headless Chromium: type, upload, press Link; the ranked list, the chart and both heatmaps appear."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        if os.environ.get("MIMIC_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+    url, _, _ = app_server
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(url)
+        page.get_by_label("Sentence").fill("A portrait of Hopper was unveiled at the gallery opening.")
+        page.get_by_label("Mention").fill("Hopper")
+        page.locator("input[type=file]").first.set_input_files(EXAMPLE_IMAGE)
+        page.get_by_role("button", name="Link", exact=True).click()
+        expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
+        top_name = page.locator("#verdict").inner_text().split("→")[1].split("(")[0].strip()
+        expect(page.locator("#ranked")).to_contain_text(top_name)
+        assert page.locator("#ranked [role=grid]").get_attribute("aria-rowcount") == "6"  # header + Top k = 5
+        expect(page.locator("#ranked img").first).to_be_visible()  # thumbnails
+        expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
+        expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
+        page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
+        browser.close()
