@@ -2,6 +2,7 @@
 import torch
 from tqdm.auto import tqdm
 
+from .images import log_unusable
 from .matcher import cat_terms, map_terms
 
 
@@ -31,4 +32,5 @@ def encode_all(model, texts: list, images: list, side: str, batch_size: int = 64
     bar.close()
     if not parts:
         raise ValueError("nothing to encode")
+    log_unusable(model.processor.images, sum(i is not None for i in images), f"{side} images")
     return cat_terms(parts)

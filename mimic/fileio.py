@@ -10,6 +10,9 @@ import tempfile
 class OutputError(OSError):
     """An output that cannot be written (read-only folder, full disk), said plainly."""
 
+    def __str__(self):
+        return self.strerror
+
 
 def _explain(path, e: OSError) -> OutputError:
     if e.errno == errno.ENOSPC:
@@ -19,6 +22,14 @@ def _explain(path, e: OSError) -> OutputError:
     else:
         why = e.strerror or str(e)
     return OutputError(e.errno, f"cannot write {path}: {why}")
+
+
+def make_dirs(path):
+    """os.makedirs, with an unwritable place or a full disk said plainly."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise _explain(path, e) from e
 
 
 @contextlib.contextmanager
@@ -55,6 +66,14 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _remove_leftovers(path: str):
+    """Temporary folders of an earlier write of `path` that was killed before it could clean up."""
+    parent, name = os.path.dirname(path), os.path.basename(path)
+    for entry in os.listdir(parent):
+        if entry.startswith(f".{name}.") and entry.endswith((".tmp", ".old")):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(path):
     """Build a folder under a temporary name; on success it replaces `path` in one rename."""
@@ -62,6 +81,7 @@ def atomic_folder(path):
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
+        _remove_leftovers(path)
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except OSError as e:
         raise _explain(path, e) from e

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 MAX_PIXELS = 64_000_000  # about 8000 x 8000; a phone photo is 12-50 MP
 MAX_BYTES = 50 * 1024 * 1024
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard agrees with ours
+# PIL's own guard stays on, further out: ours (from the header, with the size in the message) comes first.
+Image.MAX_IMAGE_PIXELS = 16 * MAX_PIXELS
 
 
 class ImageError(ValueError):
@@ -46,6 +47,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _peek(source, size: int = 256) -> bytes:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:size]
+    with open(source, "rb") as f:
+        return f.read(size)
+
+
 def open_image(source) -> Image.Image:
     """A path, bytes or PIL image -> an upright RGB PIL image, or ImageError saying why not."""
     if isinstance(source, Image.Image):
@@ -64,6 +72,9 @@ def open_image(source) -> Image.Image:
             if not source:
                 raise ImageError("the image is empty (0 bytes)")
             source = io.BytesIO(source)
+        head = _peek(source)
+        if head.lstrip().startswith((b"<svg", b"<?xml")) or name.lower().endswith(".svg"):
+            raise ImageError(f"{name}: SVG drawings are not supported; export the picture as PNG or JPEG")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -76,7 +87,7 @@ def open_image(source) -> Image.Image:
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name}: the image is too large (more than {MAX_PIXELS // 1_000_000} megapixels)")
+            raise ImageError(f"{name}: the image is far larger than the {MAX_PIXELS // 1_000_000} megapixels accepted")
         except Image.UnidentifiedImageError:
             raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, GIF, WebP, BMP, TIFF...)")
         except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -97,11 +108,13 @@ def load_image_processor(name_or_path: str) -> CLIPImageProcessorPil:
 
 
 class ImagePipeline:
-    """Image (path, bytes, PIL or None) -> pixel tensor [3, S, S]; zeros when there is no usable image."""
+    """Image (path, bytes, PIL or None) -> pixel tensor [3, S, S]; zeros when there is no usable image.
+    It counts the images it had to replace by zeros (`unusable`, read and reset with `take_unusable`)."""
 
     def __init__(self, processor: CLIPImageProcessorPil):
         self.processor = processor
         self.size = processor.crop_size["height"]
+        self.unusable = []
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(3, self.size, self.size)
@@ -118,4 +131,17 @@ class ImagePipeline:
             return self.pixels(open_image(source))
         except ImageError as e:
             log.debug("image replaced by zeros: %s", e)
+            self.unusable.append(str(e))
             return self.zeros()
+
+    def take_unusable(self) -> list:
+        unusable, self.unusable = self.unusable, []
+        return unusable
+
+
+def log_unusable(pipeline: ImagePipeline, total: int, what: str = "images"):
+    """One log line for the images replaced by zeros during a run (the model still runs on them)."""
+    unusable = pipeline.take_unusable()
+    if unusable:
+        log.warning("%d of %d %s were missing or unreadable and were encoded as the zero image, as in the "
+                    "authors' code (first: %s)", len(unusable), total, what, unusable[0])

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from .data import entity_image_path
 from .encoding import encode_batch
-from .fileio import atomic_file, atomic_folder, write_json
+from .fileio import atomic_file, atomic_folder, make_dirs, write_json
+from .images import log_unusable
 from .matcher import flatten_terms, unflatten_terms
 from .processing import entity_text
 
@@ -177,8 +178,11 @@ def _open_work(work: str, plan: dict, restart: bool):
             if existing.get(key) != plan[key]:
                 raise StoreError(f"{work}: an unfinished encoding of another job is here (its {key} differs: "
                                  f"{existing.get(key)} vs {plan[key]}); pass --restart to discard it")
+        for leftover in os.listdir(os.path.join(work, "chunks")):  # a chunk being written when the run was killed
+            if leftover.startswith("."):
+                os.remove(os.path.join(work, "chunks", leftover))
         return
-    os.makedirs(os.path.join(work, "chunks"), exist_ok=True)
+    make_dirs(os.path.join(work, "chunks"))
     write_json(spec_path, plan)
 
 
@@ -217,6 +221,7 @@ def encode_chunks(model, entities: list, image_folder: str, work: str, fingerpri
         with atomic_file(_chunk_file(work, chunk), "wb") as f:
             np.savez(f, **arrays)
     bar.close()
+    log_unusable(model.processor.images, sum(bool(e.images) for e in entities), "entity images")
     return mine
 
 
@@ -286,6 +291,9 @@ def encode_store(model, entities: list, image_folder: str, out: str, kb_fingerpr
     if not entities:
         raise StoreError("the KB has no entities")
     fingerprints = {**model_fingerprints(model), "kb": kb_fingerprint}
+    if not restart and shard is None and _up_to_date(out, fingerprints, len(entities), precision):
+        log.info("%s is up to date (same model, KB and precision): nothing to encode", out)
+        return out
     if shard is not None and shard[1] > 1:
         encode_chunks(model, entities, image_folder, out, fingerprints, batch_size=batch_size,
                       chunk_size=chunk_size, shard=shard, precision=precision, restart=restart, device=device,
@@ -298,6 +306,16 @@ def encode_store(model, entities: list, image_folder: str, out: str, kb_fingerpr
     assemble([work], out, entities, image_folder, kb_fingerprint)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _up_to_date(out: str, fingerprints: dict, count: int, precision: str) -> bool:
+    try:
+        with open(os.path.join(out, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("fingerprints") == fingerprints and manifest.get("count") == count
+            and manifest.get("precision") == precision and manifest.get("kb_version", 1) == 1)
 
 
 def merge_shards(shards: list, out: str, entities: list, image_folder: str, kb_fingerprint: str) -> str:

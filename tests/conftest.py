@@ -4,15 +4,23 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # a hub lookup must fail at once, never wait for the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from mimic.checkpoint import save_model  # noqa: E402
 from mimic.data import Dataset, load_config  # noqa: E402
 from mimic.matcher import Features  # noqa: E402
 from mimic.model import MIMIC, MIMICConfig  # noqa: E402
 from mimic.synthetic import make_dataset, make_tiny_clip  # noqa: E402
 
 torch.set_num_threads(2)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_IMAGE = os.path.join(ROOT, "assets", "demo_kb", "mention_image", "hopper_face_crop.jpg")
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +57,50 @@ def randomize_(module, seed=0, scale=0.5):
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
     return module
+
+
+# -- the demo, served for real ------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(tmp_path, checkpoint=None, extra_env=None, timeout=180):
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "MIMIC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           **(extra_env or {})}
+    if checkpoint:
+        env["MIMIC_CHECKPOINT"] = checkpoint
+    log = open(tmp_path / f"app-{port}.log", "w")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    from gradio_client import Client
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited: {open(tmp_path / f'app-{port}.log').read()[-3000:]}")
+        try:
+            client = Client(url, verbose=False)
+            client.predict("Hopper painted Nighthawks.", "Hopper", None, 3, api_name="/link")
+            return process, url, client
+        except Exception:
+            time.sleep(1.0)
+    process.kill()
+    raise RuntimeError(f"app.py was not ready in {timeout} s: {open(tmp_path / f'app-{port}.log').read()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory, tiny_clip):
+    """The app on a trained-format tiny checkpoint (random weights), so every panel has content."""
+    tmp = tmp_path_factory.mktemp("app")
+    checkpoint = str(tmp / "ckpt")
+    save_model(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=3), checkpoint)
+    process, url, client = start_app(tmp, checkpoint)
+    yield url, client, tmp
+    process.terminate()
+    process.wait(20)
+
+

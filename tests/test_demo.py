@@ -1,10 +1,6 @@
 """The demo: `python app.py` served for real, then driven through gradio_client and headless Chromium."""
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -12,55 +8,9 @@ from PIL import Image
 
 from demo import heatmap, plots
 from demo.ui import describe_mention, occurrences
-from mimic.checkpoint import save_model
-from mimic.model import MIMIC, MIMICConfig
+from tests.conftest import EXAMPLE_IMAGE, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE_IMAGE = os.path.join(ROOT, "assets", "demo_kb", "mention_image", "hopper_face_crop.jpg")
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(tmp_path, checkpoint=None, extra_env=None, timeout=180):
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "MIMIC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           **(extra_env or {})}
-    if checkpoint:
-        env["MIMIC_CHECKPOINT"] = checkpoint
-    log = open(tmp_path / f"app-{port}.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    from gradio_client import Client
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited: {open(tmp_path / f'app-{port}.log').read()[-3000:]}")
-        try:
-            client = Client(url, verbose=False)
-            client.predict("Hopper painted Nighthawks.", "Hopper", None, 3, api_name="/link")
-            return process, url, client
-        except Exception:
-            time.sleep(1.0)
-    process.kill()
-    raise RuntimeError(f"app.py was not ready in {timeout} s: {open(tmp_path / f'app-{port}.log').read()[-3000:]}")
-
-
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory, tiny_clip):
-    """The app on a trained-format tiny checkpoint (random weights), so every panel has content."""
-    tmp = tmp_path_factory.mktemp("app")
-    checkpoint = str(tmp / "ckpt")
-    save_model(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=3), checkpoint)
-    process, url, client = start_app(tmp, checkpoint)
-    yield url, client, tmp
-    process.terminate()
-    process.wait(20)
 
 
 # -- pieces -----------------------------------------------------------------------------------------
@@ -157,3 +107,19 @@ def test_the_page_links_and_draws_every_panel(app_server):
         expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
         page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
         browser.close()
+
+
+def test_without_pretrained_weights_the_page_says_so_plainly(tmp_path):
+    """Offline, no checkpoint: the app starts on a stand-in CLIP (random weights, real sizes) and says so."""
+    import urllib.request
+    from tests.conftest import start_app
+    process, url, client = start_app(tmp_path, extra_env={"MIMIC_CHECKPOINT": "", "MIMIC_ENCODER": ""})
+    try:
+        page_config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
+        assert "Stand-in encoder" in page_config and "results are NOT meaningful" in page_config
+        assert "Zero-shot: CLIP similarities; load or train a checkpoint" in page_config
+        result = client.predict("Hopper painted Nighthawks.", "Hopper", None, 3, api_name="/link")
+        assert result["zero_shot"] is True and len(result["results"]) == 3
+    finally:
+        process.terminate()
+        process.wait(20)

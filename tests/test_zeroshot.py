@@ -140,3 +140,22 @@ def test_zero_shot_works_with_other_clip_widths(tmp_path):
     p = model.encoder.image_cls_fc.weight
     assert p.shape == (96, 128)
     torch.testing.assert_close(p @ p.T / 128, torch.eye(96), atol=1e-5, rtol=0)
+
+
+def test_training_starts_from_the_zero_shot_initialisation(synth_config_path, tiny_clip, tmp_path):
+    """One epoch on the synthetic dataset from each initialisation (first-epoch losses in the closing note)."""
+    import csv
+    import glob
+    from mimic.data import load_config
+    from mimic.train import train
+    losses = {}
+    for init in ("default", "zero-shot"):
+        config = load_config(synth_config_path, [f"output_dir={tmp_path / init}", "trainer.max_epochs=1"])
+        model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=0)
+        if init == "zero-shot":
+            zero_shot_init(model)
+        train(model, config, progress=False)
+        (path,) = glob.glob(str(tmp_path / init / "Synthetic" / "version_*" / "metrics.csv"))
+        losses[init] = [float(r["Train/loss_epoch"]) for r in csv.DictReader(open(path)) if r.get("Train/loss_epoch")]
+    assert all(len(v) == 1 and 0 < v[0] < 100 for v in losses.values())
+    assert losses["default"] != losses["zero-shot"]
