@@ -15,7 +15,6 @@ Each phase runs in its own process so that peak memory is that of the phase alon
 """
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -177,7 +176,7 @@ def phase_authors(args):
     with torch.no_grad():
         for start in range(0, args.entities, CHUNK):
             e = raw_features(start, min(start + CHUNK, args.entities))  # generating them is not timed
-            for j, q in enumerate(picked):
+            for j in range(len(picked)):
                 t = time.perf_counter()
                 s = authors_style_scores(matcher, (e.t_g, e.t_l, e.v_g, e.v_l),
                                          (men.t_g[j:j + 1], men.t_l[j:j + 1], men.v_g[j:j + 1], men.v_l[j:j + 1]))

@@ -16,7 +16,6 @@ request has a 60 s timeout.
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading

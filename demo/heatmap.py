@@ -38,6 +38,6 @@ def overlay(image: Image.Image, alpha, opacity: float = 0.55, max_side: int = 51
     return Image.blend(image, colours, opacity)
 
 
-def blank(size: int = 224, text_colour=(150, 150, 150)) -> Image.Image:
+def blank(size: int = 224) -> Image.Image:
     """A neutral tile for 'no image' (the model then sees all-zero pixels)."""
     return Image.new("RGB", (size, size), (235, 235, 235))

@@ -40,7 +40,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason."""
 
 
-def _omegaconf_globals() -> list:
+def omegaconf_globals() -> list:
     import omegaconf
     from omegaconf import base, nodes
     classes = [omegaconf.DictConfig, omegaconf.ListConfig, base.Metadata, base.ContainerMetadata]
@@ -54,7 +54,7 @@ def read_torch_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with torch.serialization.safe_globals(_omegaconf_globals()):
+        with torch.serialization.safe_globals(omegaconf_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)|Trying to call reduce for (\S+)",

@@ -20,6 +20,10 @@ examples:
   python -m mimic train --config configs/wikimel.yaml
   python -m mimic evaluate --config configs/wikimel.yaml --checkpoint runs/WikiMEL/best \\
       --split test --ranks-out ranks.jsonl --metrics-out metrics.json
+  python -m mimic encode-kb --config configs/wikimel.yaml --checkpoint runs/WikiMEL/best --out kb/wikimel
+  python -m mimic link --kb kb/wikimel --sentence "Hopper painted Nighthawks." --mention Hopper
+  python -m mimic kb add --kb kb/wikimel --entities new_entities.json
+without a trained checkpoint, '--init zero-shot' makes every unit a CLIP similarity.
 run 'python -m mimic <command> --help' for the options of a command."""
 
 
@@ -123,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("link", formatter_class=_Formatter, help="link mentions against a pre-encoded KB",
                        description="Rank the KB's entities for a mention. Default: faiss retrieves candidates by "
-                                   "the dot-product part of the score (G2G and S_C), the full MIMIC score ranks "
-                                   "them. --exact returns exactly the exhaustive top-k (proved by score bounds). "
+                                   "a dot product of precomputed vectors (G2G and S_C exactly, mean-field proxies "
+                                   "of G2L, E2M and M2E), and the full MIMIC score ranks them. --exact returns "
+                                   "exactly the exhaustive top-k (proved by score bounds). "
                                    "Without --checkpoint/--init, the model recorded in the store is used.",
                        epilog="examples:\n"
                               "  python -m mimic link --kb kb/wikimel --checkpoint K --sentence \"Hopper painted "

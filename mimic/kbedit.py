@@ -23,7 +23,7 @@ from .fileio import atomic_file, atomic_folder, write_json
 from .fingerprint import model_fingerprints
 from .matcher import flatten_terms
 from .processing import entity_text
-from .store import KBStore, StoreError, entity_id, entity_record, term_dtype
+from .store import KBStore, StoreError, entity_record, term_dtype
 
 COPY_CHUNK = 8192
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import _omegaconf_globals, load_authors_checkpoint, save_model
+from .checkpoint import omegaconf_globals, load_authors_checkpoint, save_model
 from .data import Dataset, subsample
 from .evaluate import encode_kb, metrics, ranks_of_gold, score_against_all
 from .fileio import write_json
@@ -30,23 +30,9 @@ from .processing import entity_text, mention_text
 log = logging.getLogger(__name__)
 
 
-class _Pairs(torch.utils.data.Dataset):
-    """Training pairs: a mention and its gold entity (one of the entity's images at random)."""
-
-    def __init__(self, dataset: Dataset, mentions: list):
-        self.dataset, self.mentions = dataset, mentions
-
-    def __len__(self):
-        return len(self.mentions)
-
-    def __getitem__(self, i):
-        m = self.mentions[i]
-        e = self.dataset.entities[self.dataset.gold(m)]
-        image = os.path.join(self.dataset.kb_images, random.choice(e.images)) if e.images else None
-        return mention_text(m.mention, m.sentence), self.dataset.mention_image(m), entity_text(e.name, e.attr), image
-
-
 class _Mentions(torch.utils.data.Dataset):
+    """Evaluation items: a mention's text, its image and its gold entity index."""
+
     def __init__(self, dataset: Dataset, mentions: list):
         self.dataset, self.mentions = dataset, mentions
 
@@ -56,6 +42,16 @@ class _Mentions(torch.utils.data.Dataset):
     def __getitem__(self, i):
         m = self.mentions[i]
         return mention_text(m.mention, m.sentence), self.dataset.mention_image(m), self.dataset.gold(m)
+
+
+class _Pairs(_Mentions):
+    """Training pairs: a mention and its gold entity (one of the entity's images at random)."""
+
+    def __getitem__(self, i):
+        m = self.mentions[i]
+        e = self.dataset.entities[self.dataset.gold(m)]
+        image = os.path.join(self.dataset.kb_images, random.choice(e.images)) if e.images else None
+        return mention_text(m.mention, m.sentence), self.dataset.mention_image(m), entity_text(e.name, e.attr), image
 
 
 class PairCollator:
@@ -170,7 +166,7 @@ def train(model, config, resume: bool = False, progress: bool = True) -> dict:
     resume_path = os.path.join(ckpt_dir, "last.ckpt") if resume else None
     if resume and not os.path.isfile(resume_path):
         raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
-    with torch.serialization.safe_globals(_omegaconf_globals()):
+    with torch.serialization.safe_globals(omegaconf_globals()):
         trainer.fit(lit, train_loader, val_loader, ckpt_path=resume_path, weights_only=True)
     result = {"run_dir": run_dir, "best_checkpoint": best.best_model_path or None,
               "best_val_mrr": float(best.best_model_score) if best.best_model_score is not None else None}

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import mimic.kbedit as kbedit
 from mimic.data import Entity
@@ -154,7 +153,6 @@ def test_calibrate_separates_linked_from_removed_mentions():
 
 @pytest.fixture(scope="module")
 def trained_checkpoint(synth_config_path, tiny_clip, tmp_path_factory):
-    from mimic.checkpoint import save_model
     from mimic.data import load_config
     from mimic.model import MIMIC, MIMICConfig
     from mimic.train import train

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -22,7 +21,7 @@ from mimic.data import DataError, read_kb, read_mentions, read_plain_entities, r
 from mimic.fileio import OutputError
 from mimic.images import ImageError, ImagePipeline, load_image_processor, open_image
 from mimic.linker import QueryError, check_query, check_top_k
-from tests.conftest import EXAMPLE_IMAGE, ROOT
+from tests.conftest import EXAMPLE_IMAGE
 
 GOOD = ("A portrait of Hopper was unveiled at the gallery.", "Hopper")
 
@@ -211,7 +210,7 @@ def test_encode_kb_killed_at_random_moments_then_resumed_is_identical(tiny_model
     def finished_chunks():
         return len([f for f in os.listdir(chunks) if not f.startswith(".")]) if os.path.isdir(chunks) else 0
 
-    for attempt in range(30):
+    for _ in range(30):
         process = subprocess.Popen(_encode_cmd(synth_config_path, checkpoint, out), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         # wait until this run has written a chunk, then kill it at a random moment of the next ones

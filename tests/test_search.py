@@ -13,7 +13,6 @@ from mimic.linker import Linker, Query, QueryError, check_query
 from mimic.matcher import Matcher, cat_terms, select
 from mimic.search import Searcher
 from mimic.store import KBStore, encode_store
-from mimic.processing import mention_text
 from tests.conftest import random_features, randomize_
 
 DIMS = dict(text_embed_dim=12, text_token_dim=10, dv=8, tglu_dim=6, vdlu_dim=7, cmfu_dim=5)
