@@ -54,22 +54,22 @@ class DemoKB:
             self._thread.join(timeout)
         return self.ready
 
-    def store_path(self) -> str:
+    def store_path(self, fingerprints: dict) -> str:
         kb_files = [os.path.join(self.kb_dir, "kb_entity.json"), os.path.join(self.kb_dir, "qid2id.json")]
-        fingerprints = model_fingerprints(self.loaded.model)
         key = hashlib.sha256((file_fingerprint(*kb_files) + fingerprints["encoder"] + fingerprints["checkpoint"])
                              .encode()).hexdigest()[:16]
         return os.path.join(cache_root(), f"kb-{key}")
 
     def _prepare(self):
         try:
-            path = self.store_path()
+            fingerprints = model_fingerprints(self.loaded.model)
+            path = self.store_path(fingerprints)
             try:
                 store = KBStore.load(path)
                 log.info("demo KB loaded from the cache %s", path)
             except StoreError:
                 store = self._encode(path)
-            self.linker = Linker(self.loaded.model, store)
+            self.linker = Linker(self.loaded.model, store, fingerprints=fingerprints)
             self.status = f"Ready: {len(store)} entities."
         except Exception as e:  # shown in the page instead of a dead app
             log.exception("the demo KB could not be prepared")

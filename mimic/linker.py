@@ -66,9 +66,11 @@ class Linker:
     """Links mentions against a store. `refresh()` picks up a new version of the store (after a
     `kb add/update/remove`) without a restart; a request in flight keeps the version it started with."""
 
-    def __init__(self, model, store: KBStore, candidates: int = 256, check: bool = True, nil_rule: dict = None):
+    def __init__(self, model, store: KBStore, candidates: int = 256, check: bool = True, nil_rule: dict = None,
+                 fingerprints: dict = None):
         self.model = model.eval()
-        self.fingerprints = model_fingerprints(model) if check else None
+        # hashing the weights takes a second for ViT-B/32: a caller that has them already passes them
+        self.fingerprints = (fingerprints or model_fingerprints(model)) if check else None
         if check:
             store.check_model(self.fingerprints)
         self.candidates = candidates
