@@ -54,6 +54,14 @@ def read_json(path: str, what: str):
         raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
 
 
+def _json_list(path: str, what: str, items: str, data=None) -> list:
+    """The JSON list of `items` in the `what` file at `path` (or `data`, already read from it)."""
+    data = read_json(path, what) if data is None else data
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {items}")
+    return data
+
+
 def _field(path, position, entry, key, types, what):
     if not isinstance(entry, dict):
         raise DataError(f"{path}: {what} #{position} is a {type(entry).__name__}, expected an object")
@@ -80,9 +88,7 @@ def read_qid2id(path: str) -> dict:
 
 def read_kb(path: str, qid2id: dict = None, data=None) -> list:
     """kb_entity.json -> Entities sorted by id (position = entity index), names unquoted."""
-    data = read_json(path, "KB entity") if data is None else data
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of entities")
+    data = _json_list(path, "KB entity", "entities", data)
     entities, seen = [], {}
     for position, entry in enumerate(data):
         ident = _field(path, position, entry, "id", (int,), "entity")
@@ -109,9 +115,7 @@ def read_kb(path: str, qid2id: dict = None, data=None) -> list:
 
 def read_plain_entities(path: str, data=None) -> list:
     """A plain entity list: [{"name", "description", "image" (file name or null), "qid" or "id" (optional)}]."""
-    data = read_json(path, "entity") if data is None else data
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of entities")
+    data = _json_list(path, "entity", "entities", data)
     entities, seen = [], {}
     for position, entry in enumerate(data):
         name = _field(path, position, entry, "name", (str,), "entity")
@@ -145,9 +149,7 @@ def read_entity_file(path: str, qid2id_path: str = None) -> list:
 
 def read_mentions(path: str, qid2id: dict = None, skip_nil: bool = True) -> list:
     """A split file -> Mentions in file order (nil answers skipped unless asked)."""
-    data = read_json(path, "mention split")
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of mentions")
+    data = _json_list(path, "mention split", "mentions")
     mentions = []
     for position, entry in enumerate(data):
         sentence = _field(path, position, entry, "sentence", (str,), "mention")
