@@ -7,7 +7,7 @@ import re
 import gradio as gr
 
 from mimic.images import ImageError, open_image
-from mimic.linker import QueryError
+from mimic.linker import Query, QueryError, check_query
 
 from . import heatmap, plots
 from .kb import DEMO_KB, DemoKB
@@ -85,7 +85,7 @@ class DemoApp:
 
     # -- linking ----------------------------------------------------------------------------------
     def _query(self, sentence, mention, image_path, top_k):
-        """Checked inputs -> (rows, upright image or None); every problem as a gr.Error."""
+        """Checked inputs -> (result, upright image or None, the mention's terms); every problem as a gr.Error."""
         linker = self._linker()
         image = None
         if image_path:
@@ -94,15 +94,17 @@ class DemoApp:
             except ImageError as e:
                 raise gr.Error(f"The image cannot be used: {e}. Try a JPEG, PNG or WebP photo, or remove it.")
         try:
-            result = linker.link(sentence, mention, image, top_k)
+            sentence, mention = check_query(sentence, mention)
+            terms = linker.mention_terms([Query(sentence, mention, image)])
+            result = linker.link_terms(terms, top_k)
         except QueryError as e:
             raise gr.Error(str(e))
-        return result, image
+        return result, image, terms
 
     def api_link(self, sentence, mention, image_path, top_k):
         """/link: the ranked entities with every unit score (the `link` command's fields)."""
         try:
-            result, _ = self._query(sentence, mention, image_path, top_k)
+            result, _, _ = self._query(sentence, mention, image_path, top_k)
         except gr.Error:
             raise
         except Exception:
@@ -113,7 +115,7 @@ class DemoApp:
 
     def ui_link(self, sentence, mention, image_path, top_k):
         try:
-            result, image = self._query(sentence, mention, image_path, top_k)
+            result, image, terms = self._query(sentence, mention, image_path, top_k)
             rows = result["results"]
         except gr.Error:
             raise
@@ -125,7 +127,7 @@ class DemoApp:
                   _description(entities[r["index"]].get("description", "")), round(r["score"], 3)] for r in rows]
         choices = [(f"{r['rank']}. {r['name']}", r["index"]) for r in rows]
         state = {"sentence": sentence, "mention": mention, "image": image_path if image is not None else None,
-                 "rows": rows}
+                 "rows": rows, "terms": terms}  # the encoded mention, reused by explain
         if result["nil"]:
             verdict = ("### ∅ No matching entity in the KB\nThe best score is below the NIL threshold calibrated "
                        "for this checkpoint; the closest entities are listed anyway.")
@@ -175,7 +177,8 @@ class DemoApp:
             return hide, hide, hide, gr.update(value=note, visible=True)
         try:
             image = open_image(state["image"]) if state.get("image") else None
-            out = self.kb.linker.explain(state["sentence"], state["mention"], image, int(entity_index))
+            out = self.kb.linker.explain(state["sentence"], state["mention"], image, int(entity_index),
+                                         state.get("terms"))
         except (QueryError, ImageError) as e:
             raise gr.Error(str(e))
         except Exception:

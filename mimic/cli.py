@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  python -m mimic link --kb kb/wikimel --checkpoint K --queries q.jsonl --out o.jsonl\n"
                               'queries: one JSON object a line, {"id", "sentence", "mention", "image": path or null}'
                               " (paths relative to the queries file)\n"
-                              'output: {"id", "results": [{"rank", "index", "qid", "name", "score", "s_t", '
+                              'output: {"id", "nil", "results": [{"rank", "index", "qid", "name", "score", "s_t", '
                               '"s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}')
     p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
     _model_options(p)

@@ -134,14 +134,15 @@ class Linker:
                 yield self.link_terms(select(terms, slice(i, i + 1)), top_k, exact)
 
     @torch.no_grad()
-    def explain(self, sentence, mention, image, entity_index: int) -> dict:
+    def explain(self, sentence, mention, image, entity_index: int, mention_terms: dict = None) -> dict:
         """The attention behind one (mention, entity) pair: TGLU token-to-token weights [L_E, L_M] with
-        the tokens, and the CMFU patch weights α of both images (CLS first, then 7x7 patches)."""
+        the tokens, and the CMFU patch weights α of both images (CLS first, then 7x7 patches).
+        `mention_terms` (from `mention_terms`) spares encoding the mention again."""
         store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
         if not 0 <= int(entity_index) < len(store):
             raise QueryError(f"There is no entity {entity_index} in the KB (it has {len(store)}).")
-        m = self.mention_terms([Query(sentence, mention, image)])
+        m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
         e = searcher.entity_terms(torch.tensor([int(entity_index)]))
         meta = store.entities[int(entity_index)]
         processor = self.model.processor
