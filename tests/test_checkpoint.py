@@ -58,7 +58,9 @@ def test_authors_checkpoint_round_trip(tiny_model, tiny_clip, tmp_path):
     for key, value in tiny_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     before, after = scores(tiny_model), scores(loaded)
-    torch.testing.assert_close(after.s, before.s, atol=0, rtol=0)
+    # The weights are equal bit for bit (above); the scores only to float32 rounding: a model loaded from a
+    # file holds its weights at other memory alignments, and the CPU kernels then sum in another order.
+    torch.testing.assert_close(after.s, before.s, rtol=1e-6, atol=1e-4)
 
 
 def test_shape_mismatch_names_the_first_offending_key(tiny_model, tiny_clip, tmp_path):
@@ -120,7 +122,7 @@ def test_own_format_round_trip_needs_no_encoder_folder(tmp_path):
     shutil.rmtree(clip_dir)  # the folder is self-contained: config, weights, tokenizer, image processor
     loaded = load_checkpoint(str(tmp_path / "ckpt"))
     assert loaded.config.units == ("tglu", "cmfu") and loaded.config.metadata == {"note": "x"}
-    torch.testing.assert_close(scores(loaded).s, scores(model).s, atol=0, rtol=0)
+    torch.testing.assert_close(scores(loaded).s, scores(model).s, rtol=1e-6, atol=1e-4)  # float32 rounding
 
 
 def test_damaged_own_format_is_refused(tiny_model, tmp_path):
