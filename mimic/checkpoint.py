@@ -142,9 +142,19 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     return check_and_load_state(model, state, path).eval()
 
 
+def is_checkpoint_folder(folder: str) -> bool:
+    """A mimic-el checkpoint folder (what save_model may replace); an empty folder counts as none."""
+    try:
+        with open(os.path.join(folder, CONFIG), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def save_model(model: MIMIC, folder: str):
-    """Write the own format (atomically: the folder appears complete or not at all)."""
-    with atomic_folder(folder) as tmp:
+    """Write the own format (atomically: the folder appears complete or not at all). An existing folder
+    is replaced only if it is a mimic-el checkpoint: any other is refused, never deleted."""
+    with atomic_folder(folder, replaceable=is_checkpoint_folder) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
                  if not k.endswith(IGNORED_SUFFIXES)}
         save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})

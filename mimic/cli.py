@@ -49,6 +49,11 @@ def _model_options(p, checkpoint_required=False):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
 
 
+def _wait_option(p):
+    p.add_argument("--wait", type=float, default=600, metavar="SECONDS",
+                   help="how long to wait while another command is changing the same store")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mimic", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_Formatter)
@@ -96,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "units, into a store folder that 'link' and the demo search in milliseconds. "
                                    "Resumable: run the same command again after an interruption and it continues "
                                    "where it stopped. Large KBs: run '--shard i/n' for i = 0..n-1 on several "
-                                   "machines (each into its own folder), then '--merge' the shard folders.",
+                                   "machines (each into its own folder), then '--merge' the shard folders. --out "
+                                   "must be a KB store (then it is replaced, in one atomic step), an empty folder or "
+                                   "a new path: any other folder is refused, never overwritten.",
                        epilog="examples:\n"
                               "  python -m mimic encode-kb --config configs/wikimel.yaml --checkpoint K --out kb/wikimel\n"
                               "  python -m mimic encode-kb --entities my_entities.json --images photos/ "
@@ -114,15 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="with --entities: the folder of the entity images")
     _model_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="the store folder to write (or the shard folder)")
-    p.add_argument("--batch-size", type=int, default=64, help="entities per encoder batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="entities per encoder batch (default: 64 on a CPU, 256 on a GPU)")
+    p.add_argument("--autocast", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                   help="run the encoder in bfloat16 or float16 where PyTorch deems it safe (auto: bf16 on a GPU "
+                        "that supports it, none on a CPU); the README gives its effect on S")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="entities per resumable chunk (an interruption loses at most one chunk)")
-    p.add_argument("--precision", choices=["mixed", "float32"], default="mixed",
-                   help="mixed: token-level terms in float16 (half the size, see README for the error); "
-                        "float32: all in float32")
+    p.add_argument("--precision", choices=["compact", "mixed", "float32"], default="compact",
+                   help="compact: 4.8 kB per entity (4-bit token terms, 24-bit dot-product terms; see README for "
+                        "the error); mixed: format 1's (float16 token terms, 11.7 kB); float32: exact (19.5 kB)")
     p.add_argument("--shard", metavar="I/N", help="encode only shard I of N (0-based) into --out")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="assemble finished shard folders into --out")
     p.add_argument("--restart", action="store_true", help="discard an unfinished encoding of --out and start over")
+    _wait_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("link", formatter_class=_Formatter, help="link mentions against a pre-encoded KB",
@@ -137,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  python -m mimic link --kb kb/wikimel --checkpoint K --queries q.jsonl --out o.jsonl\n"
                               'queries: one JSON object a line, {"id", "sentence", "mention", "image": path or null}'
                               " (paths relative to the queries file)\n"
-                              'output: {"id", "nil", "results": [{"rank", "index", "qid", "name", "score", "s_t", '
-                              '"s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}')
+                              'output: {"id", "nil", "results": [{"rank", "index", "id", "qid", "name", "score", '
+                              '"s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}\n'
+                              "a result's \"id\" is the entity's stable id, the one 'kb update' and 'kb remove' take")
     p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
     _model_options(p)
     p.add_argument("--sentence", help="the sentence the mention stands in")
@@ -148,33 +161,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="O.jsonl", help="with --queries: where to write the results")
     p.add_argument("--top-k", type=int, default=10, help="how many entities to return")
     p.add_argument("--exact", action="store_true", help="exactly the exhaustive top-k (slower)")
-    p.add_argument("--candidates", type=int, default=256, help="default path: entities retrieved by faiss, then fully scored")
+    p.add_argument("--candidates", type=int, default=1024,
+                   help="default path: entities retrieved by faiss, among which the exact top-k is found")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (single mention)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("kb", formatter_class=_Formatter, help="add, update or remove entities of a KB store",
+    p = sub.add_parser("kb", formatter_class=_Formatter, help="add, update, remove entities of a KB store; compact it",
                        description="Edit a KB store in place without re-encoding it: only the new or changed "
-                                   "entities are encoded (with the store's own model). Each edit is atomic (a "
-                                   "failure leaves the previous version usable), bumps the store's kb_version, "
-                                   "and a running demo or linker picks it up without a restart.",
+                                   "entities are encoded (with the store's own model), as a new segment; removed "
+                                   "ones go on a removal list. Each edit costs what it changes, is atomic (a crash "
+                                   "at any moment leaves the previous version whole), bumps the store's kb_version, "
+                                   "and a running demo or linker picks it up without a restart. One command edits "
+                                   "a store at a time: a second one waits (--wait). 'kb compact' rewrites the store "
+                                   "as one segment (after many edits); 'kb upgrade' converts a format-1 store.",
                        epilog="examples:\n"
                               "  python -m mimic kb add --kb kb/mine --entities new.json --images photos/\n"
-                              "  python -m mimic kb update --kb kb/mine --entities changed.json\n"
+                              "  python -m mimic kb update --kb kb/mine --entities changed.json --images photos/\n"
                               "  python -m mimic kb remove --kb kb/mine --ids Q42 Q1\n"
-                              'entities: a JSON list of {"id" (or "qid"), "name", "description", "image"}')
-    kb_sub = p.add_subparsers(dest="kb_command", metavar="<add|update|remove>", required=True)
-    for name, text in (("add", "add new entities (their ids must be new)"),
-                       ("update", "replace the text or image of existing entities (same ids)")):
+                              "  python -m mimic kb compact --kb kb/mine\n"
+                              'add: a JSON list of {"id" (or "qid"), "name", "description", "image"}\n'
+                              'update: a JSON list of {"id", and the fields to change: "name", "description", '
+                              '"image" (null removes it)}\n'
+                              "ids: the QID, else the index the entity had when the KB was first encoded; 'link' "
+                              "shows it as \"id\"")
+    kb_sub = p.add_subparsers(dest="kb_command", metavar="<add|update|remove|compact|upgrade>", required=True)
+    for name, text, what in (
+            ("add", "add new entities (their ids must be new)",
+             'a JSON list of {"id" (or "qid"), "name", "description", "image"}'),
+            ("update", "change the name, description or image of existing entities (fields not given are kept)",
+             'a JSON list of {"id", and any of "name", "description", "image" (null removes the image)}')):
         q = kb_sub.add_parser(name, formatter_class=_Formatter, help=text, description=text)
         q.add_argument("--kb", required=True, metavar="DIR", help="the store to edit")
-        q.add_argument("--entities", required=True, metavar="E.json",
-                       help='a JSON list of {"id" (or "qid"), "name", "description", "image"}')
-        q.add_argument("--images", metavar="DIR", help="the folder of their images (default: beside the file)")
+        q.add_argument("--entities", required=True, metavar="E.json", help=what)
+        q.add_argument("--images", metavar="DIR",
+                       help="the folder of their images; only files inside it are used (default: beside the file)")
         _model_options(q)
+        _wait_option(q)
     q = kb_sub.add_parser("remove", formatter_class=_Formatter, help="remove entities by id",
-                          description="Remove entities by id (their QID, or their index when they have none).")
+                          description="Remove entities by id (as 'link' shows it: the QID, or the index the entity "
+                                      "had when the KB was first encoded).")
     q.add_argument("--kb", required=True, metavar="DIR", help="the store to edit")
     q.add_argument("--ids", required=True, nargs="+", metavar="ID", help="ids of the entities to remove")
+    _wait_option(q)
+    for name, text in (("compact", "rewrite the store as one segment with a fresh retrieval index (after many edits; "
+                                   "costs the whole KB)"),
+                       ("upgrade", "convert a format-1 store (before mimic-el stored segments) to format 2, in place")):
+        q = kb_sub.add_parser(name, formatter_class=_Formatter, help=text, description=text)
+        q.add_argument("--kb", required=True, metavar="DIR", help="the store")
+        _model_options(q)
+        if name == "upgrade":
+            q.add_argument("--precision", choices=["compact", "mixed", "float32"], default="compact",
+                           help="how the converted store keeps its terms")
+        _wait_option(q)
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("calibrate-nil", formatter_class=_Formatter, help="choose the NIL threshold on a dev split",
                        description="Choose the rule that answers NIL (no matching entity in the KB): a threshold "
@@ -274,23 +313,28 @@ def _parse_shard(text):
 
 
 def cmd_encode_kb(args):
+    import torch
     from .store import encode_store, merge_shards
     entities, folder, kb_fingerprint, config = _kb_source(args)
     missing = sum(1 for e in entities if e.images and not os.path.isfile(os.path.join(folder, e.images[0])))
     if missing:
         logging.getLogger("mimic").warning("%d of %d entity images are missing under %s: those entities are "
                                            "encoded with the zero image", missing, len(entities), folder)
+    model = load_model(args, config)
     if args.merge:
-        merge_shards(args.merge, args.out, entities, folder, kb_fingerprint)
+        merge_shards(args.merge, args.out, entities, folder, kb_fingerprint, model, wait=args.wait,
+                     progress=not args.no_progress)
         print(f"merged {len(args.merge)} shards into {args.out} ({len(entities)} entities)")
         return
     shard = _parse_shard(args.shard) if args.shard else None
-    model = load_model(args, config)
+    gpu = next(model.parameters()).device.type == "cuda"
+    autocast = {"none": None, "auto": "bf16" if gpu and torch.cuda.is_bf16_supported() else None}.get(
+        args.autocast, args.autocast)
     source = {"checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
               "encoder": args.encoder or model.config.encoder, "init": args.init}
-    encode_store(model, entities, folder, args.out, kb_fingerprint, batch_size=args.batch_size,
+    encode_store(model, entities, folder, args.out, kb_fingerprint, batch_size=args.batch_size or (256 if gpu else 64),
                  chunk_size=args.chunk_size, shard=shard, precision=args.precision, restart=args.restart,
-                 progress=not args.no_progress, source=source)
+                 progress=not args.no_progress, source=source, autocast=autocast, wait=args.wait)
     if shard and shard[1] > 1:
         print(f"shard {shard[0]}/{shard[1]} encoded into {args.out}; merge all shards with --merge")
     else:
@@ -330,9 +374,9 @@ def _read_queries(path):
 
 
 def _results_table(rows):
-    head = f"{'rank':>4}  {'score':>8}  {'S_T':>8}  {'S_V':>8}  {'S_C':>8}  {'qid':<10} name"
+    head = f"{'rank':>4}  {'score':>8}  {'S_T':>8}  {'S_V':>8}  {'S_C':>8}  {'id':<10} name"
     lines = [head] + [f"{r['rank']:>4}  {r['score']:8.3f}  {r['s_t']:8.3f}  {r['s_v']:8.3f}  {r['s_c']:8.3f}  "
-                      f"{str(r['qid'] or '-'):<10} {r['name']}" for r in rows]
+                      f"{str(r['id']):<10} {r['name']}" for r in rows]
     return "\n".join(lines)
 
 
@@ -381,17 +425,28 @@ def _store_model(args, store):
 
 def cmd_kb(args):
     from .data import read_entity_file
-    from .kbedit import edit_store
+    from .kbedit import compact_store, edit_store, read_changes, upgrade_store
     from .store import KBStore
-    if args.kb_command == "remove":
-        manifest = edit_store(args.kb, remove=args.ids)
+    command = args.kb_command
+    if command == "remove":
+        manifest = edit_store(args.kb, remove=args.ids, wait=args.wait)
+    elif command in ("compact", "upgrade"):
+        model = _store_model(args, KBStore.load(args.kb))
+        if command == "compact":
+            manifest = compact_store(args.kb, model, wait=args.wait, progress=not args.no_progress)
+        else:
+            manifest = upgrade_store(args.kb, model, args.precision, wait=args.wait, progress=not args.no_progress)
     else:
-        entities = read_entity_file(args.entities)
+        changes = read_entity_file(args.entities) if command == "add" else read_changes(args.entities)
         folder = args.images or os.path.dirname(os.path.abspath(args.entities))
-        model = _store_model(args, KBStore.load(args.kb, mmap=True))
-        manifest = edit_store(args.kb, model, image_folder=folder,
-                              **{"add" if args.kb_command == "add" else "update": entities})
+        model = _store_model(args, KBStore.load(args.kb))
+        manifest = edit_store(args.kb, model, image_folder=folder, wait=args.wait,
+                              **{"add" if command == "add" else "update": changes})
     print(f"{args.kb}: version {manifest['kb_version']}, {manifest['count']} entities")
+    segments, removed = len(manifest["segments"]), (manifest.get("removed") or {}).get("count", 0)
+    if segments > 8 or removed > manifest["count"] // 10:
+        print(f"{segments} segments and {removed} removed rows: 'python -m mimic kb compact --kb {args.kb}' makes "
+              f"searches faster again")
 
 
 def cmd_calibrate_nil(args):

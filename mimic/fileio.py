@@ -14,7 +14,7 @@ class OutputError(OSError):
         return self.strerror
 
 
-def _explain(path, e: OSError) -> OutputError:
+def explain(path, e: OSError) -> OutputError:
     if e.errno == errno.ENOSPC:
         why = "the disk is full"
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -29,7 +29,7 @@ def make_dirs(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise _explain(path, e) from e
+        raise explain(path, e) from e
 
 
 @contextlib.contextmanager
@@ -48,7 +48,7 @@ def atomic_file(path, mode="w", **kwargs):
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
-        raise _explain(path, e) from e
+        raise explain(path, e) from e
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -66,25 +66,42 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _remove_leftovers(path: str):
-    """Temporary folders of an earlier write of `path` that was killed before it could clean up."""
+def _leftovers(path: str, suffix: str) -> list:
     parent, name = os.path.dirname(path), os.path.basename(path)
-    for entry in os.listdir(parent):
-        if entry.startswith(f".{name}.") and entry.endswith((".tmp", ".old")):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    return sorted(os.path.join(parent, e) for e in os.listdir(parent)
+                  if e.startswith(f".{name}.") and e.endswith(suffix))
+
+
+def _recover(path: str):
+    """Clean up after an earlier write of `path` killed half-way. Killed between its two renames, it left
+    the previous folder aside as `.old` and nothing at `path`: put it back. Then remove what is left."""
+    olds = _leftovers(path, ".old")
+    if olds and not os.path.exists(path):
+        os.rename(olds[-1], path)
+        olds = olds[:-1]
+    for leftover in olds + _leftovers(path, ".tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_folder(path):
-    """Build a folder under a temporary name; on success it replaces `path` in one rename."""
+def atomic_folder(path, replaceable=None):
+    """Build a folder under a temporary name; on success it replaces `path` (two renames, and the previous
+    folder is put back if a crash falls between them). `replaceable(path)` says whether an existing folder
+    is one this code may replace (e.g. a checkpoint folder): any other is refused, never touched."""
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        _remove_leftovers(path)
+        _recover(path)
+        if os.path.lexists(path) and (not os.path.isdir(path) or (
+                os.listdir(path) and replaceable is not None and not replaceable(path))):
+            raise OutputError(errno.EEXIST, f"{path} exists and is not a folder this command writes; it was left "
+                                            f"untouched: choose another output, or move it away yourself")
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OutputError:
+        raise
     except OSError as e:
-        raise _explain(path, e) from e
+        raise explain(path, e) from e
     try:
         yield tmp
         old = None
@@ -97,7 +114,22 @@ def atomic_folder(path):
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _explain(path, e) from e
+        raise explain(path, e) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def reserve(path: str):
+    """Allocate the whole of a (sparse) file now: on a full disk this fails with a message, where writing
+    into a memory map of it later would kill the process (SIGBUS)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a filesystem that cannot: write as we go
+            return
+        raise explain(path, e) from e

@@ -1,16 +1,23 @@
-"""A living KB: add, update and remove entities of a store without re-encoding the rest.
+"""A living KB: add, update and remove entities at a cost that follows the change, not the KB.
 
-Each edit encodes only the new or changed entities (with the store's own model, checked by
-fingerprint), then writes the next version of the store beside it and swaps it in with one rename:
-a failure at any point leaves the previous version in place and usable. The manifest's `kb_version`
-counts the edits, its KB fingerprint chains the old one with the edit, and `history` lists them.
-Images of added or updated entities are copied into the store (`images/`), so it stays whole when
-the files it was given go away (a browser upload, a temporary folder).
+An edit holds the store's writer lock, encodes only the new or changed entities (with the store's own
+model, checked by fingerprint), writes them as a new segment (terms, records, a small retrieval index
+of their own), extends the removal list (removed entities, and the old rows of updated ones) and
+publishes the next version in one atomic step (mimic/versions.py). Nothing that exists is rewritten:
+adding 100 entities to a million-entity store writes those 100, a removal list and a manifest.
 
-Rows keep their order: kept entities first, in their old order, then the added ones, so a store
-built from A and then given B holds the same rows as one built from A ∪ B.
+Positions: kept entities keep their order; added and updated ones follow, in the edit's order (an
+updated entity moves to the end). Ids never change, whatever is removed. Removed rows stay in their
+segment, skipped, until `compact_store` (`kb compact`) rewrites the store as one segment with a fresh
+retrieval index, a cost of the whole KB, run when the user chooses. `upgrade_store` (`kb upgrade`)
+converts a format-1 store the same way. The manifest's `kb_version` counts the versions, its KB
+fingerprint chains the old one with each edit, and `history` lists the last HISTORY edits.
+
+Images of added or updated entities must lie inside the images folder given (`--images`) and decode as
+images; they are copied into the store (`images/<content hash>.<ext>`), so the store stays whole when
+the files it was given go away. `kb update` changes the fields a record gives: without "image" the
+entity keeps its picture, with "image": null it loses it.
 """
-import datetime
 import hashlib
 import json
 import os
@@ -18,125 +25,267 @@ import shutil
 
 import numpy as np
 
+from . import retrieval, versions
+from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS
+from .data import read_json
 from .encoding import encode_batch
-from .fileio import atomic_file, atomic_folder, write_json
+from .entityimages import checked_image, label
+from .fileio import atomic_file, make_dirs
 from .fingerprint import model_fingerprints
 from .matcher import flatten_terms
 from .processing import entity_text
-from .store import KBStore, StoreError, entity_record, term_dtype
+from .segment import SegmentWriter, write_records
+from .store import KBStore, StoreError, index_segment, measure_space, now, segment_name, term_spec
+from .versions import DEFAULT_WAIT
 
-COPY_CHUNK = 8192
+HISTORY = 100  # edits kept in the manifest's history
+LISTED = 20  # ids listed per edit in the history
+UPDATABLE = ("name", "description", "image")
 
 
-def _encode(model, entities: list, image_folder: str, precision: str, batch_size: int, device=None) -> dict:
+def read_changes(path: str) -> list:
+    """A `kb update` file: a JSON list of {"id" (or "qid"), and any of "name", "description", "image"}.
+    Only the fields given change; "image": null removes the picture."""
+    data = read_json(path, "entity update")
+    if not isinstance(data, list):
+        raise StoreError(f"{path}: expected a JSON list of entity updates")
+    changes = []
+    for position, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise StoreError(f"{path}: update #{position} is a {type(entry).__name__}, expected an object")
+        ident = entry.get("id", entry.get("qid"))
+        if isinstance(ident, int) and not isinstance(ident, bool):
+            ident = str(ident)
+        if not isinstance(ident, str) or not ident:
+            raise StoreError(f"{path}: update #{position} has no \"id\" (or \"qid\"): which entity does it change?")
+        change = {"id": ident}
+        for key in UPDATABLE:
+            if key in entry:
+                value = entry[key]
+                if value is not None and not isinstance(value, str):
+                    raise StoreError(f"{path}: update #{position} (id {ident!r}): {key!r} must be text or null")
+                change[key] = value
+        if len(change) == 1:
+            raise StoreError(f"{path}: update #{position} (id {ident!r}) gives none of {', '.join(UPDATABLE)}")
+        changes.append(change)
+    return changes
+
+
+class _Entity:
+    """What gets encoded: the text and image of an added or updated entity, and its record."""
+
+    def __init__(self, ident, qid, name, description, image_source, image_record):
+        self.id, self.qid, self.name, self.description = ident, qid, name, description
+        self.image_source, self.image_record = image_source, image_record
+
+    def record(self) -> dict:
+        return {"id": self.id, "qid": self.qid, "name": self.name, "description": self.description,
+                "image": self.image_record}
+
+
+def _copy_image(source: str, store: str) -> str:
+    """Copy a checked image into the store under its content hash; returns its path relative to the store."""
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    name = f"{digest}{os.path.splitext(source)[1].lower() or '.img'}"
+    target = os.path.join(store, versions.IMAGES, name)
+    if not os.path.exists(target):
+        make_dirs(os.path.dirname(target))
+        with atomic_file(target, "wb") as out, open(source, "rb") as f:
+            shutil.copyfileobj(f, out)
+    return f"{versions.IMAGES}/{name}"
+
+
+def _added(entity, image_folder: str, store_path: str) -> _Entity:
+    image = entity.images[0] if entity.images else None
+    source = checked_image(label(entity), image, image_folder) if image else None
+    return _Entity(entity.qid, entity.qid, entity.name, entity.attr, source,
+                   _copy_image(source, store_path) if source else None)
+
+
+def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> _Entity:
+    raw, old = store.raw_record(position), store.record(position)
+    name = change.get("name", old["name"])
+    description = change.get("description", old["description"]) or ""
+    if "image" not in change:  # kept: its file must still be readable, or the entity would lose it silently
+        source, stored = old["image"], raw.get("image")
+        if source and not os.path.isfile(source):
+            raise StoreError(f"entity {change['id']!r}: its image {os.path.basename(source)} is no longer readable; "
+                             f"give \"image\" again, or null to remove it")
+    elif change["image"] is None:
+        source = stored = None
+    else:
+        source = checked_image(repr(change["id"]), change["image"], image_folder)
+        stored = _copy_image(source, store.path)
+    return _Entity(change["id"], old["qid"], name or "", description, source, stored)
+
+
+def _encode(model, entities: list, precision: str, batch_size: int, device=None) -> dict:
     parts = []
     for start in range(0, len(entities), batch_size):
         batch = entities[start:start + batch_size]
-        images = [os.path.join(image_folder, e.images[0]) if e.images else None for e in batch]
-        parts.append(flatten_terms(encode_batch(model, [entity_text(e.name, e.attr) for e in batch], images,
-                                                "entity", device)))
-    return {name: np.concatenate([p[name].numpy() for p in parts]).astype(term_dtype(name, precision))
-            for name in parts[0]}
+        terms = encode_batch(model, [entity_text(e.name, e.description) for e in batch],
+                             [e.image_source for e in batch], "entity", device)
+        parts.append({k: v.numpy() for k, v in flatten_terms(terms).items() if k not in DERIVED})
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _check_ids(existing: dict, add: list, update: list, remove: list):
+def _check_ids(store: KBStore, add: list, update: list, remove: list) -> dict:
+    """-> {id: position} of the updated and removed entities; refuses unknown, duplicate or taken ids."""
     seen = set()
-    for e in add + update:
+    for e in add:
         if not e.qid:
             raise StoreError(f"entity {e.name!r} has no id: give each entity an \"id\" (or \"qid\") field")
-        if e.qid in seen:
-            raise StoreError(f"the id {e.qid!r} appears twice in the edit")
-        seen.add(e.qid)
+    for ident in [e.qid for e in add] + [c["id"] for c in update] + list(remove):
+        if ident in seen:
+            raise StoreError(f"the id {ident!r} appears twice in the edit")
+        seen.add(ident)
     for e in add:
-        if e.qid in existing:
+        if store.find(e.qid) is not None:
             raise StoreError(f"cannot add {e.qid!r}: the KB already has an entity with that id (use 'kb update')")
-    for ident in [e.qid for e in update] + list(remove):
-        if ident not in existing:
+    positions = {}
+    for ident in [c["id"] for c in update] + list(remove):
+        positions[ident] = store.find(ident)
+        if positions[ident] is None:
             raise StoreError(f"no entity with the id {ident!r} in the KB")
+    return positions
 
 
-def _copy_image(entity, image_folder: str, images_dir: str, final_dir: str) -> str:
-    """Copy the entity's image into the store; return the path it will have once the store is in place."""
-    if not entity.images:
-        return None
-    source = os.path.join(image_folder, entity.images[0])
-    if not os.path.isfile(source):
-        raise StoreError(f"entity {entity.qid!r}: image file {source} not found")
-    digest = hashlib.sha256(open(source, "rb").read()).hexdigest()[:12]
-    name = f"{digest}{os.path.splitext(source)[1].lower() or '.img'}"
-    os.makedirs(images_dir, exist_ok=True)
-    shutil.copyfile(source, os.path.join(images_dir, name))
-    return os.path.join(final_dir, "images", name)
+def _summary(op: str, **ids) -> dict:
+    summary = {"op": op, "at": now()}
+    for key, values in ids.items():
+        summary[key] = list(values)[:LISTED]
+        if len(values) > LISTED:
+            summary[f"{key}_more"] = len(values) - LISTED
+    return summary
+
+
+def _next_manifest(manifest: dict, summary: dict, digest_of: dict, **changes) -> dict:
+    digest = json.dumps({"kb": manifest["fingerprints"]["kb"], "edit": summary, **digest_of}, sort_keys=True)
+    return dict(manifest, **changes, kb_version=manifest["kb_version"] + 1,
+                fingerprints=dict(manifest["fingerprints"], kb=hashlib.sha256(digest.encode()).hexdigest()[:32]),
+                history=(manifest.get("history", []) + [summary])[-HISTORY:])
+
+
+def _writable(path: str, wait: float) -> KBStore:
+    store = KBStore.load(path)  # a missing or damaged store is reported before anything is locked
+    if store.format_version < versions.VERSION:
+        raise StoreError(f"{path}: this store is in format {store.format_version}; convert it once with "
+                         f"'python -m mimic kb upgrade --kb {path}' (it is rewritten, compressed), then edit it")
+    return store
 
 
 def edit_store(path: str, model=None, add=(), update=(), remove=(), image_folder: str = ".", batch_size: int = 32,
-               device=None) -> dict:
-    """Apply one edit (any mix of add / update / remove) and return the new manifest."""
-    add, update, remove = list(add), list(update), list(remove)
+               device=None, wait: float = DEFAULT_WAIT) -> dict:
+    """Apply one edit (any mix of add / update / remove) and return the new manifest.
+    add: Entities (with qid); update: changes as `read_changes` gives; remove: ids."""
+    add, update, remove = list(add), list(update), [str(i) for i in remove]
     if not (add or update or remove):
         raise StoreError("nothing to change")
-    store = KBStore.load(path, mmap=True)
     if (add or update) and model is None:
         raise StoreError("adding or updating entities needs the store's model")
-    if add or update:
+    _writable(path, wait)
+    with versions.writing(path, wait):
+        store = _writable(path, wait)  # the latest version: no other writer can publish now
+        manifest = store.manifest
+        if add or update:
+            store.check_model(model_fingerprints(model))
+        positions = _check_ids(store, add, update, remove)
+        changed = ([_updated(store, positions[c["id"]], c, image_folder) for c in update]
+                   + [_added(e, image_folder, store.path) for e in add])
+        if len(store) - len(update) - len(remove) + len(changed) == 0:
+            raise StoreError("the edit would leave the KB empty")
+        segments = list(manifest["segments"])
+        if changed:
+            name = segment_name(manifest["kb_version"] + 1)
+            folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
+            values = _encode(model, changed, manifest["precision"], batch_size, device)
+            spec = manifest["terms"]
+            writer = SegmentWriter(folder, len(changed), spec, create=True)
+            writer.put(0, values)
+            writer.close()
+            write_records(folder, len(changed), (e.record() for e in changed))
+            space = retrieval.Space.from_manifest(model.matcher, manifest["retrieval"])
+            index = index_segment(folder, len(changed), spec, space, manifest["retrieval"]["flat_limit"])
+            os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
+            segments.append({"name": name, "count": len(changed), "index": index})
+        gone = store.physical([positions[c["id"]] for c in update] + [positions[i] for i in remove])
+        removed = manifest.get("removed")
+        if len(gone):
+            rows = np.union1d(store.removed, gone).astype(np.int64)
+            removed = {"file": f"{versions.REMOVED}/{segment_name(manifest['kb_version'] + 1)}.npy",
+                       "count": int(len(rows))}
+            make_dirs(os.path.join(path, versions.REMOVED))
+            with atomic_file(os.path.join(path, removed["file"]), "wb") as f:
+                np.save(f, rows)
+        summary = _summary("edit", added=[e.qid for e in add], updated=[c["id"] for c in update], removed=remove)
+        new = _next_manifest(manifest, summary, {"records": [e.record() for e in changed]},
+                             count=len(store) - len(gone) + len(changed), segments=segments, removed=removed)
+        versions.publish(path, new)
+    return new
+
+
+def _rewrite(path: str, model, precision: str, op: str, wait: float, progress: bool, accept) -> dict:
+    """Rewrite the store as one segment of its live entities (kept order and ids), with a fresh
+    retrieval index; images no record names are removed."""
+    if precision not in PRECISIONS:
+        raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    KBStore.load(path)
+    with versions.writing(path, wait):
+        store = KBStore.load(path)
+        accept(store)
         store.check_model(model_fingerprints(model))
-    existing = {e.get("id", e.get("qid") or str(e["index"])): i for i, e in enumerate(store.entities)}
-    _check_ids(existing, add, update, remove)
-    precision = store.manifest["precision"]
-    new_rows = _encode(model, update + add, image_folder, precision, batch_size, device) if add or update else {}
-    updated_at = {existing[e.qid]: k for k, e in enumerate(update)}
-    removed = {existing[i] for i in remove}
-    kept = [i for i in range(len(store.entities)) if i not in removed]
-    if not kept and not add:
-        raise StoreError("the edit would leave the KB empty")
-    final = os.path.abspath(path)
-    with atomic_folder(path) as tmp:
-        if os.path.isdir(os.path.join(path, "images")):
-            shutil.copytree(os.path.join(path, "images"), os.path.join(tmp, "images"))
-        os.makedirs(os.path.join(tmp, "terms"))
-        count = len(kept) + len(add)
-        terms = {}
-        for name, spec in store.manifest["terms"].items():
-            old = store.arrays[name]
-            out = np.lib.format.open_memmap(os.path.join(tmp, "terms", f"{name}.npy"), mode="w+",
-                                            dtype=np.dtype(spec["dtype"]), shape=(count, *spec["shape"][1:]))
-            for start in range(0, len(kept), COPY_CHUNK):
-                rows = kept[start:start + COPY_CHUNK]
-                out[start:start + len(rows)] = old[rows]
-            for position, i in enumerate(kept):
-                if i in updated_at:
-                    out[position] = new_rows[name][updated_at[i]]
-            if add:
-                out[len(kept):] = new_rows[name][len(update):]
-            out.flush()
-            terms[name] = {"dtype": spec["dtype"], "shape": [count, *spec["shape"][1:]]}
-            del out
-        records = []
-        changed = {e.qid: e for e in update}
-        for position, i in enumerate(kept):
-            record = dict(store.entities[i], index=position)
-            if record.get("id") in changed:
-                e = changed[record["id"]]
-                record.update(name=e.name, description=e.attr,
-                              image=_copy_image(e, image_folder, os.path.join(tmp, "images"), final))
-            records.append(record)
-        for k, e in enumerate(add):
-            e.index = len(kept) + k
-            record = entity_record(e, image_folder)
-            record["image"] = _copy_image(e, image_folder, os.path.join(tmp, "images"), final)
-            records.append(record)
-        with atomic_file(os.path.join(tmp, "entities.jsonl"), encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        summary = {"op": "edit", "added": [e.qid for e in add], "updated": [e.qid for e in update],
-                   "removed": list(remove),
-                   "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        digest = json.dumps({"kb": store.manifest["fingerprints"]["kb"], "edit": summary,
-                             "texts": [entity_text(e.name, e.attr) for e in update + add]}, sort_keys=True)
-        manifest = dict(store.manifest, count=count, terms=terms, kb_version=store.manifest.get("kb_version", 1) + 1,
-                        fingerprints=dict(store.manifest["fingerprints"],
-                                          kb=hashlib.sha256(digest.encode()).hexdigest()[:32]),
-                        history=store.manifest.get("history", []) + [summary])
-        write_json(os.path.join(tmp, "manifest.json"), manifest)
-        del store  # release the memory maps of the old version before it is replaced
-    return manifest
+        manifest = store.manifest
+        name = segment_name(manifest.get("kb_version", 1) + 1)
+        folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
+        writer = None
+        for position, values in store.scan(store.term_names()):
+            if writer is None:
+                spec = term_spec(values, precision)
+                writer = SegmentWriter(folder, len(store), spec, create=True)
+            writer.put(position, values)
+        writer.close()
+        root = os.path.realpath(path)
+        images = set()
+
+        def records():
+            for record in store.entities:
+                image = record["image"]
+                if image and os.path.commonpath([root, os.path.realpath(image)]) == root:
+                    image = os.path.relpath(os.path.realpath(image), root)  # travels with the store
+                    images.add(os.path.basename(image))
+                yield {**record, "image": image}
+        write_records(folder, len(store), records())
+        space = measure_space(model.matcher, folder, len(store), spec)
+        flat_limit = manifest.get("retrieval", {}).get("flat_limit", retrieval.FLAT_LIMIT)
+        index = index_segment(folder, len(store), spec, space, flat_limit, progress)
+        os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
+        new = {key: value for key, value in manifest.items() if key not in ("terms", "segments", "removed")}
+        new.update(version=versions.VERSION, precision=precision, terms=spec, derived=list(DERIVED),
+                   kb_version=manifest.get("kb_version", 1) + 1,
+                   history=(manifest.get("history", []) + [_summary(op)])[-HISTORY:],
+                   retrieval={**space.to_manifest(), "flat_limit": flat_limit},
+                   segments=[{"name": name, "count": len(store), "index": index}], removed=None)
+        versions.publish(path, new)
+        image_dir = os.path.join(path, versions.IMAGES)
+        for entry in os.listdir(image_dir) if os.path.isdir(image_dir) else []:
+            if entry not in images:
+                os.remove(os.path.join(image_dir, entry))
+    return new
+
+
+def compact_store(path: str, model, wait: float = DEFAULT_WAIT, progress: bool = True) -> dict:
+    """`kb compact`: one segment, no removed rows, a retrieval index chosen for the KB's size now."""
+    def accept(store):
+        if store.format_version < versions.VERSION:
+            raise StoreError(f"{path}: format {store.format_version}; run 'kb upgrade' instead")
+    return _rewrite(path, model, KBStore.load(path).manifest["precision"], "compact", wait, progress, accept)
+
+
+def upgrade_store(path: str, model, precision: str = DEFAULT_PRECISION, wait: float = DEFAULT_WAIT,
+                  progress: bool = True) -> dict:
+    """`kb upgrade`: a format-1 store rewritten in format 2 (compressed at `precision`), in place."""
+    def accept(store):
+        if store.format_version >= versions.VERSION:
+            raise StoreError(f"{path}: already in format {versions.VERSION}; nothing to upgrade")
+    return _rewrite(path, model, precision, "upgrade", wait, progress, accept)

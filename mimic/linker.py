@@ -10,7 +10,7 @@ from .matcher import select
 from .nil import is_nil
 from .loading import load_model
 from .processing import entity_text, mention_text
-from .search import Searcher
+from .search import DEFAULT_CANDIDATES, Searcher
 from .store import KBStore
 
 SCORE_FIELDS = ("s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c")
@@ -66,8 +66,8 @@ class Linker:
     """Links mentions against a store. `refresh()` picks up a new version of the store (after a
     `kb add/update/remove`) without a restart; a request in flight keeps the version it started with."""
 
-    def __init__(self, model, store: KBStore, candidates: int = 256, check: bool = True, nil_rule: dict = None,
-                 fingerprints: dict = None):
+    def __init__(self, model, store: KBStore, candidates: int = DEFAULT_CANDIDATES, check: bool = True,
+                 nil_rule: dict = None, fingerprints: dict = None):
         self.model = model.eval()
         # hashing the weights takes a second for ViT-B/32: a caller that has them already passes them
         self.fingerprints = (fingerprints or model_fingerprints(model)) if check else None
@@ -75,11 +75,11 @@ class Linker:
             store.check_model(self.fingerprints)
         self.candidates = candidates
         self.nil_rule = nil_rule if nil_rule is not None else model.config.metadata.get("nil")
-        self._kb = (store, Searcher(model.matcher, store.terms, candidates))
+        self._kb = (store, Searcher(model.matcher, store, candidates))
 
     @classmethod
     def open(cls, kb: str, checkpoint: str = None, encoder: str = None, init: str = None, device=None,
-             candidates: int = 256) -> "Linker":
+             candidates: int = DEFAULT_CANDIDATES) -> "Linker":
         store = KBStore.load(kb)
         return cls(load_model(checkpoint, encoder, init, device), store, candidates)
 
@@ -99,7 +99,7 @@ class Linker:
         fresh = KBStore.load(store.path)
         if self.fingerprints is not None:
             fresh.check_model(self.fingerprints)
-        self._kb = (fresh, Searcher(self.model.matcher, fresh.terms, self.candidates))
+        self._kb = (fresh, Searcher(self.model.matcher, fresh, self.candidates))
         return True
 
     def mention_terms(self, queries: list) -> dict:
@@ -108,14 +108,16 @@ class Linker:
 
     @torch.no_grad()
     def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False) -> dict:
-        """-> {"nil": bool, "results": [{"rank", "index", "qid", "name", "score", "s_t", ...}]}"""
+        """-> {"nil": bool, "results": [{"rank", "index", "id", "qid", "name", "score", "s_t", ...}]}
+        `id` is the entity's stable id (what `kb update/remove` take); `index` its position in this version."""
         store, searcher = self._kb
         k = check_top_k(top_k, len(store))
         index, scores = searcher.search(mention, max(k, 2), exact)  # the margin rule needs a runner-up
         rows = []
         for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
             meta = store.entities[i]
-            row = {"rank": rank, "index": i, "qid": meta.get("qid"), "name": meta.get("name"), "score": s}
+            row = {"rank": rank, "index": i, "id": meta.get("id"), "qid": meta.get("qid"), "name": meta.get("name"),
+                   "score": s}
             row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
             rows.append(row)
         return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}

@@ -1,120 +1,113 @@
 """Top-k search of one mention over a pre-encoded KB, fast by default and exact on request.
 
-Both paths end in `Matcher.score` on precomputed entity terms, so a returned score is the score.
+Both paths end in `Matcher.score` on the entities' stored terms, so a returned score is the score.
 
-S splits by what it costs (w_u = 1 / number of kept units, 0 for a dropped unit):
-
-    S = w_T/2 * G2G + w_C * S_C      a dot product of precomputed vectors
-      + w_V/2 * (E2M + M2E)          cheap for all entities: two 96x96 GEMMs per entity batch
-      + w_T/2 * G2L                  costly: a 40x40 attention per entity
-
-Default path. faiss retrieves `candidates` entities by a dot product of precomputed vectors, then the
-full score ranks them. The vector holds the exact dot-product part (G2G, S_C) and mean-field proxies
-of the rest, each the term with the entity-mention interaction inside its non-linearity replaced by
-an average, which leaves a dot product:
-    G2L ≈ u_E . LayerNorm(mean_j V_M,j)            (uniform attention over the mention tokens)
-    E2M ≈ layer_norm(q_E) . h(q̄_E, mention)        (q̄_E: the KB's mean entity query)
-    M2E ≈ h(q̄_M, entity) . layer_norm(q_M)         (q̄_M: the KB's mean key, standing in for a mention query)
-On the 110,000-entity benchmark the proxies correlate at 0.96-0.98 with the true terms, and the top-10
-of 256 candidates is the exhaustive top-10 (benchmarks/linking.py measures how often).
-
-Exact path (`exact=True`). G2G, S_C and S_V are computed for every entity and G2L is bounded from
-above without the attention: G2L = u_E . LayerNorm(x), where x is a convex combination of the
-mention's value vectors. LayerNorm(x) = γ ⊙ z + β with z = centred(x) / σ(x): z lies in the span of
-the centred value vectors and |z| <= √d, hence
+Exact top-k of a set of entities. G2G, S_C and S_V are computed for every entity of the set (cheap: dot
+products and two 96x96 GEMMs each) and G2L is bounded from above without the attention:
+G2L = u_E . LayerNorm(x), where x is a convex combination of the mention's value vectors.
+LayerNorm(x) = γ ⊙ z + β with z = centred(x) / σ(x): z lies in the span of the centred value vectors
+and |z| <= √d, hence
 
     G2L <= β . u_E + √d * |Qᵀ (γ ⊙ u_E)|       (Q: an orthonormal basis of that span)
 
-Entities are then scored exactly in decreasing order of their bound until the k-th best exact score
-exceeds every remaining bound: the result is provably the exhaustive top-k (ties broken by index).
+Entities are then scored fully in decreasing order of their bound until the k-th best exact score
+exceeds every remaining bound: the result is provably the set's top-k (ties broken by index).
+
+- `--exact`: the set is the whole KB. Its small terms (tglu.t_g, tglu.cls, cmfu.f and the VDLU
+  terms, 2.7 kB per entity at the default precision) are read from the memory map chunk by chunk;
+  tglu.query is read only for the entities scored fully. Exactly the exhaustive top-k.
+- default: the set is the `candidates` best entities of the retrieval index (mimic/retrieval.py).
+  The answer is the exhaustive top-k whenever that lies among the candidates; benchmarks/scale.py
+  measures how often (every one of 200 queries at 110,000 and 1,000,000 entities, see the README).
 """
 import math
 
-import faiss
 import numpy as np
 import torch
 
-from .matcher import Matcher, Scores, map_terms, select
+from .compression import to_tensor
+from .matcher import Matcher, Scores, flatten_terms, unflatten_terms
+from .retrieval import FLAT_LIMIT, VECTOR_TERMS, Retriever, Space, build, plan, unit_weights
 
 BOUND_MARGIN = 1e-4  # absolute slack on the stopping rule, far above float32 rounding of the scores
 MAX_BLOCK = 4096  # entities fully scored at once (the attention takes 6.4 kB each)
 SCAN_CHUNK = 16384  # entities per step of a pass over the whole KB
-TRAIN_SAMPLE = 16384  # vectors that set the 8-bit codes' ranges, per shard
+DEFAULT_CANDIDATES = 1024
+SMALL_TERMS = VECTOR_TERMS  # what the cheap part and the bound need: everything but the tokens
 
 
-def _unit_weights(matcher: Matcher) -> dict:
-    return {u: (1.0 / len(matcher.units) if u in matcher.units else 0.0) for u in ("tglu", "vdlu", "cmfu")}
+class MemoryTerms:
+    """Entity terms held in memory (the evaluator's, calibrate-nil's), behind the reading interface of
+    a KBStore; its retrieval index is built here, in memory."""
+
+    def __init__(self, terms: dict):
+        self.flat = {k: v.detach() for k, v in flatten_terms(terms).items()}
+        self.count = len(self.flat["cmfu.f"])
+
+    def __len__(self):
+        return self.count
+
+    def term_names(self) -> list:
+        return list(self.flat)
+
+    def read_terms(self, index, names=None) -> dict:
+        index = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        return {n: self.flat[n][index].float().numpy() for n in (names or self.flat)}
+
+    def scan(self, names, chunk: int = SCAN_CHUNK):
+        for start in range(0, self.count, chunk):
+            yield start, {n: self.flat[n][start:start + chunk].float().numpy() for n in names}
+
+    def live(self, rows):
+        return np.asarray(rows, dtype=np.int64)
+
+    def retriever(self, matcher, threads: int = None) -> Retriever:
+        space = Space.measure(matcher, (v for _, v in self.scan(("vdlu.e2m.q", "vdlu.m2e.k"))))
+        spec = plan(self.count, flat_limit=max(FLAT_LIMIT, self.count))
+        indexes = build(spec, lambda rows: space.entity_vectors(
+            {n: self.flat[n][rows].float() for n in VECTOR_TERMS}))
+        return Retriever(space, [(ix, part["rows"][0]) for ix, part in zip(indexes, spec["parts"])],
+                         np.zeros(0, np.int64), threads)
 
 
 class Searcher:
-    def __init__(self, matcher: Matcher, terms: dict, candidates: int = 256, threads: int = None):
+    """Search over `source`: a KBStore (memory-mapped, its saved index) or a nested terms dict."""
+
+    def __init__(self, matcher: Matcher, source, candidates: int = DEFAULT_CANDIDATES, threads: int = None):
         self.matcher = matcher.eval()
-        self.terms = map_terms(lambda t: t.detach(), terms)
+        self.source = source if hasattr(source, "read_terms") else MemoryTerms(source)
+        self.count = len(self.source)
         self.candidates = candidates
-        self.w = _unit_weights(matcher)
-        self.count = len(terms["cmfu"]["f"])
-        vdlu = self.terms["vdlu"]
-        self.mean_entity_query = vdlu["e2m"]["q"].float().mean(0, keepdim=True)
-        self.mean_key = vdlu["m2e"]["k"].float().mean(0, keepdim=True)
-        self._shards = []  # faiss sub-indexes must outlive the IndexShards that uses them
-        self.index = self._build_index(threads or torch.get_num_threads())
+        self.w = unit_weights(matcher)
+        self.retriever = self.source.retriever(self.matcher, threads)
         self.last_exact_evaluated = 0
 
-    # -- retrieval vectors ------------------------------------------------------------------------
-    def _entity_vectors(self, part: dict) -> torch.Tensor:
-        w, m2e = self.w, self.matcher.vdlu.dual_men2ent
-        proxy_m2e = m2e.fused({"q": self.mean_key}, part["vdlu"]["m2e"])[0]
-        return torch.cat([w["tglu"] / 2 * part["tglu"]["t_g"], w["cmfu"] * part["cmfu"]["f"],
-                          w["tglu"] / 2 * part["tglu"]["cls"], w["vdlu"] / 2 * part["vdlu"]["e2m"]["q_norm"],
-                          w["vdlu"] / 2 * proxy_m2e], dim=1)
+    # -- terms --------------------------------------------------------------------------------------
+    def _flat_terms(self, index, names) -> dict:
+        """Float32 tensors of the flat terms `names` at `index`, with what the store leaves out
+        recomputed (vdlu.e2m.q_norm = layer_norm(vdlu.e2m.q))."""
+        flat = {n: to_tensor(v) for n, v in self.source.read_terms(index, names).items()}
+        if "vdlu.e2m.q" in flat and "vdlu.e2m.q_norm" not in flat:
+            with torch.no_grad():
+                flat["vdlu.e2m.q_norm"] = self.matcher.vdlu.dual_ent2men.layer_norm(flat["vdlu.e2m.q"])
+        return flat
 
-    @torch.no_grad()
-    def _query_vector(self, mention: dict) -> np.ndarray:
-        e2m = self.matcher.vdlu.dual_ent2men
-        context = self.matcher.tglu.layer_norm(mention["tglu"]["value"].mean(dim=1))
-        proxy_e2m = e2m.fused({"q": self.mean_entity_query}, mention["vdlu"]["e2m"])[0]
-        vector = torch.cat([mention["tglu"]["t_g"], mention["cmfu"]["f"], context, proxy_e2m,
-                            mention["vdlu"]["m2e"]["q_norm"]], dim=1)
-        return vector.numpy().astype(np.float32)
-
-    def _vectors(self, start: int, end: int) -> np.ndarray:
-        rows = slice(start, end)
-        tglu = self.terms["tglu"]
-        part = {"tglu": {"t_g": tglu["t_g"][rows].float(), "cls": tglu["cls"][rows].float()},  # not the tokens
-                **self.entity_terms(rows, ("vdlu", "cmfu"))}
-        return self._entity_vectors(part).numpy().astype(np.float32)
-
-    @torch.no_grad()
-    def _build_index(self, threads: int):
-        """One exhaustive scan over 8-bit codes per thread: a quarter of float32's memory traffic; the
-        rounding only reorders candidates, whose scores are then computed exactly. Built chunk by
-        chunk, so the float32 vectors of the whole KB never sit in memory at once."""
-        dim = self._vectors(0, 1).shape[1]
-        index = faiss.IndexShards(dim, True, True)  # threaded, successive ids
-        edges = np.linspace(0, self.count, max(1, min(threads, self.count)) + 1).astype(int)
-        for first, last in zip(edges[:-1], edges[1:]):
-            shard = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-            shard.train(self._vectors(first, min(last, first + TRAIN_SAMPLE)))
-            for start in range(first, last, SCAN_CHUNK):
-                shard.add(self._vectors(start, min(last, start + SCAN_CHUNK)))
-            self._shards.append(shard)
-            index.add_shard(shard)
-        return index
-
-    def candidates_for(self, mention: dict, n: int) -> torch.Tensor:
-        _, ids = self.index.search(self._query_vector(mention), min(n, self.count))
-        return torch.from_numpy(ids[0][ids[0] >= 0]).long()
-
-    # -- scoring ----------------------------------------------------------------------------------
     def entity_terms(self, index, names=None) -> dict:
-        """The terms of the entities at `index` in float32 (the store may keep some in float16);
-        `names` limits them to some units' terms."""
-        terms = self.terms if names is None else {k: self.terms[k] for k in names}
-        return map_terms(lambda t: t.float(), select(terms, index))
+        """The terms of the entities at `index` in float32 (the store keeps them coded); `names` limits
+        them to some units' terms ("tglu", "vdlu", "cmfu")."""
+        index = np.asarray(torch.as_tensor(index).reshape(-1), dtype=np.int64)
+        wanted = [n for n in self.source.term_names() if names is None or n.split(".")[0] in names]
+        return unflatten_terms(self._flat_terms(index, wanted))
 
     @torch.no_grad()
     def score(self, mention: dict, index: torch.Tensor) -> Scores:
         return self.matcher.score(mention, self.entity_terms(index))
+
+    # -- search -------------------------------------------------------------------------------------
+    def candidates_for(self, mention: dict, n: int) -> torch.Tensor:
+        """The n best entities of the retrieval index (positions), best first."""
+        rows = self.retriever.search(mention, min(n, self.count))
+        return torch.from_numpy(self.source.live(rows)).long()
 
     @staticmethod
     def _top(index: torch.Tensor, s: torch.Tensor, k: int):
@@ -129,55 +122,68 @@ class Searcher:
         if k == 0:
             empty = torch.zeros(1, 0)
             return torch.zeros(0, dtype=torch.long), Scores(*([empty] * 8))
-        if exact:
-            found = self._exact(mention, k)
-            return found, self.score(mention, found)
-        candidates = self.candidates_for(mention, max(self.candidates, k))
-        scores = self.score(mention, candidates)
-        found, positions = self._top(candidates, scores.s[0], k)
-        return found, scores.take(positions)
+        among = None if exact else self.candidates_for(mention, max(self.candidates, k))
+        found = self._best(mention, k, among)
+        return found, self.score(mention, found)
 
-    def _cheap_part(self, mention: dict) -> torch.Tensor:
-        """w_T/2 G2G + w_V S_V + w_C S_C for every entity: [N]."""
-        parts = []
-        for start in range(0, self.count, SCAN_CHUNK):
-            e = self.entity_terms(slice(start, start + SCAN_CHUNK), ("vdlu", "cmfu"))
-            g2g = mention["tglu"]["t_g"] @ self.terms["tglu"]["t_g"][start:start + SCAN_CHUNK].float().T
-            e2m, m2e = self.matcher.vdlu.score(mention["vdlu"], e["vdlu"])
-            s_c = self.matcher.cmfu.score(mention["cmfu"], e["cmfu"])
-            parts.append(self.w["tglu"] / 2 * g2g + self.w["vdlu"] * (e2m + m2e) / 2 + self.w["cmfu"] * s_c)
-        return torch.cat(parts, dim=1)[0]
+    def _bound_basis(self, mention: dict) -> torch.Tensor:
+        values = mention["tglu"]["value"][0]  # [L, d]
+        centred = values - values.mean(dim=1, keepdim=True)
+        basis, _ = torch.linalg.qr(centred.T)  # [d, min(L, d)], orthonormal
+        return basis
+
+    def _g2l_bound(self, basis: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        ln = self.matcher.tglu.layer_norm
+        return cls @ ln.bias + math.sqrt(cls.shape[1]) * ((cls * ln.weight) @ basis).norm(dim=1)
 
     @torch.no_grad()
     def g2l_upper_bound(self, mention: dict) -> torch.Tensor:
         """An upper bound of G2L for every entity (see the module docstring): [N]."""
-        ln = self.matcher.tglu.layer_norm
-        values = mention["tglu"]["value"][0]  # [L, d]
-        centred = values - values.mean(dim=1, keepdim=True)
-        basis, _ = torch.linalg.qr(centred.T)  # [d, min(L, d)], orthonormal
-        cls = self.terms["tglu"]["cls"].float()
-        spread = ((cls * ln.weight) @ basis).norm(dim=1)
-        return cls @ ln.bias + math.sqrt(cls.shape[1]) * spread
+        basis = self._bound_basis(mention)
+        return torch.cat([self._g2l_bound(basis, to_tensor(v["tglu.cls"]))
+                          for _, v in self.source.scan(("tglu.cls",))])
 
-    def _exact(self, mention: dict, k: int) -> torch.Tensor:
-        cheap = self._cheap_part(mention)
+    def _cheap_and_bound(self, mention: dict, basis: torch.Tensor, flat: dict):
+        """w_T/2 G2G + w_V S_V + w_C S_C, and that plus the G2L bound, for the entities of `flat`."""
+        e = unflatten_terms(flat)
+        g2g = mention["tglu"]["t_g"] @ e["tglu"]["t_g"].T
+        e2m, m2e = self.matcher.vdlu.score(mention["vdlu"], e["vdlu"])
+        s_c = self.matcher.cmfu.score(mention["cmfu"], e["cmfu"])
+        cheap = (self.w["tglu"] / 2 * g2g + self.w["vdlu"] * (e2m + m2e) / 2 + self.w["cmfu"] * s_c)[0]
+        return cheap, cheap + self.w["tglu"] / 2 * self._g2l_bound(basis, e["tglu"]["cls"])
+
+    def _best(self, mention: dict, k: int, among: torch.Tensor = None) -> torch.Tensor:
+        """The exact top-k of the entities `among` (all of them when None), by bound-ordered scoring."""
+        basis = self._bound_basis(mention)
+        if among is None:
+            ids, cheap, bound = [], [], []
+            for start, values in self.source.scan(SMALL_TERMS, SCAN_CHUNK):
+                flat = {n: to_tensor(v) for n, v in values.items()}
+                flat["vdlu.e2m.q_norm"] = self.matcher.vdlu.dual_ent2men.layer_norm(flat["vdlu.e2m.q"])
+                c, b = self._cheap_and_bound(mention, basis, flat)
+                ids.append(torch.arange(start, start + len(c)))
+                cheap.append(c)
+                bound.append(b)
+            ids, cheap, bound = torch.cat(ids), torch.cat(cheap), torch.cat(bound)
+        else:
+            ids = among
+            cheap, bound = self._cheap_and_bound(mention, basis, self._flat_terms(ids.numpy(), SMALL_TERMS))
         if self.w["tglu"] == 0:  # without TGLU the cheap part is the whole score
             self.last_exact_evaluated = 0
-            return self._top(torch.arange(self.count), cheap, k)[0]
-        bound = cheap + self.w["tglu"] / 2 * self.g2l_upper_bound(mention)
+            return self._top(ids, cheap, k)[0]
         order = torch.argsort(bound, descending=True)
         best_index, best_s = torch.zeros(0, dtype=torch.long), torch.zeros(0)
         start, block = 0, 256
-        while start < self.count:
-            index = order[start:start + block]
+        while start < len(ids):
+            index = ids[order[start:start + block]]
             s = self.score(mention, index).s[0]
             best_index, kept = self._top(torch.cat([best_index, index]), torch.cat([best_s, s]), k)
             best_s = torch.cat([best_s, s])[kept]
             start += len(index)
             block = min(2 * block, MAX_BLOCK)
-            if start < self.count and len(best_s) == k:
+            if start < len(ids) and len(best_s) == k:
                 kth = float(best_s[-1])
                 if kth > float(bound[order[start]]) + BOUND_MARGIN + 1e-6 * abs(kth):
                     break
-        self.last_exact_evaluated = start  # how many entities needed the full score (for the benchmark)
+        self.last_exact_evaluated = start  # how many entities needed the full score (for the benchmarks)
         return best_index

@@ -1,72 +1,133 @@
-"""The pre-encoded KB: every entity encoded once, with all its entity-side unit terms precomputed.
+"""The pre-encoded KB: every entity encoded once, its entity-side unit terms precomputed, opened memory-mapped.
 
-A store is a folder:
-    manifest.json      format, count, precision, fingerprints (checkpoint, encoder, KB), kb_version, terms
-    entities.jsonl     one line per entity: {"index", "id", "qid", "name", "description", "image"}
-    terms/<name>.npy   one array per entity-side term, first axis = entity index:
-                       tglu.t_g [N, 512], tglu.query [N, 40, 96], tglu.cls [N, 96],
-                       vdlu.e2m.q / vdlu.e2m.q_norm / vdlu.m2e.k / vdlu.m2e.p [N, 96],
-                       cmfu.f [N, 96], cmfu.alpha [N, 50]
+A store is a folder of immutable segments and a manifest naming the current version (mimic/versions.py:
+the atomic switch, the writer lock). A segment (mimic/segment.py) holds coded terms (mimic/compression.py:
+4.8 kB per entity at the default precision "compact"), entity records read on demand, and its retrieval
+index (mimic/retrieval.py), built once and saved. `KBStore.load` maps the current version's files and
+parses nothing per entity: a million entities open in about a second, and a query reads the pages of the
+rows it touches. Entities have a position (`index`, 0..len-1, what `store.entities[i]` and the linker
+use) and a stable `id` (the QID, or the index the entity had when it was first encoded), which edits
+take and `link` shows.
 
-Precision "mixed" (default) keeps the token-level terms (tglu.query, cmfu.alpha: 78 % of the bytes)
-in float16 and everything else in float32; "float32" keeps all in float32 (then linking reproduces
-the evaluator's scores to 1e-4). The error of "mixed" is measured by the benchmark and documented in
-the README.
+Encoding runs chunk by chunk straight into the segment's files in `<out>.partial/` (no chunk is held
+twice, nor the KB in memory), marking each finished chunk, so an interrupted run resumes where it
+stopped, without gaps or duplicates, and gives the same store. `--shard i/n` encodes every n-th chunk
+into a shard folder; `merge_shards` copies the shards' chunks, one at a time, into one segment. The
+records and the retrieval index are written last; the store then appears (or its new version replaces
+the old one) in one atomic step.
 
-Encoding goes chunk by chunk into `<out>.partial/chunks/`; each chunk is written atomically, so an
-interrupted run resumes where it stopped, without gaps or duplicates. `--shard i/n` encodes every
-n-th chunk into its own folder; `merge_shards` assembles the shards. The finished store appears in
-one rename: a reader never sees half of one.
+Format 1 stores (terms/*.npy at the top of the folder, before segments existed) are still read, with
+their retrieval index built at load as it used to be; `python -m mimic kb upgrade` converts them.
 """
 import datetime
+import errno
 import json
 import logging
+import operator
 import os
+import secrets
 import shutil
-import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from . import compression, retrieval, versions
+from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS
 from .data import entity_image_path
 from .encoding import encode_batch
-from .fileio import atomic_file, atomic_folder, make_dirs, write_json
+from .entityimages import check_all_inside
+from .fileio import atomic_file, make_dirs, write_json
 from .images import log_unusable
-from .matcher import flatten_terms, unflatten_terms
+from .matcher import flatten_terms
 from .processing import entity_text
+from .segment import Segment, SegmentWriter, write_records
+from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-FORMAT, WORK_FORMAT, VERSION = "mimic-el-kb", "mimic-el-kb-partial", 1
-HALF_TERMS = ("tglu.query", "cmfu.alpha")
-PRECISIONS = ("mixed", "float32")
+LOAD_ATTEMPTS = 5
+SCAN_CHUNK = 16384
 
 
-class StoreError(ValueError):
-    """A KB store that cannot be used (missing, damaged, or made with another model or KB)."""
+def _stamp(path: str) -> tuple:
+    try:
+        info = os.stat(os.path.join(path, versions.MANIFEST))
+        return info.st_ino, info.st_mtime_ns, info.st_size
+    except OSError:
+        return ()
 
 
-def term_dtype(name: str, precision: str):
-    return np.float16 if precision == "mixed" and name in HALF_TERMS else np.float32
-
-
-@dataclass
 class KBStore:
-    path: str
-    manifest: dict
-    entities: list  # metadata dicts, position = entity index
-    terms: dict  # nested dict of tensors (see the module docstring)
-    fingerprints: dict = field(default_factory=dict)
-    arrays: dict = field(default_factory=dict)  # the same terms as flat numpy arrays, by file name
-    stamp: tuple = ()  # identifies this version of the folder (see `changed`)
+    """One version of a store, opened read-only. `entities` is a sequence of records (dicts with
+    "index", "id", "qid", "name", "description", "image"), parsed when accessed."""
+
+    def __init__(self, path: str, manifest: dict, segments: list, removed: np.ndarray, stamp: tuple):
+        self.path, self.manifest, self.segments, self.stamp = path, manifest, segments, stamp
+        self.fingerprints = manifest["fingerprints"]
+        self.removed = removed
+        self.starts = np.cumsum([0] + [s.count for s in segments]).astype(np.int64)
+        total = int(self.starts[-1])
+        if total - len(removed) != manifest["count"] or (len(removed) and (removed[0] < 0 or removed[-1] >= total)):
+            raise StoreError(f"{path}: the manifest says {manifest['count']} entities, its segments and removal "
+                             f"list hold {total - len(removed)} (damaged store)")
+        # live position -> physical row; only materialised when an edit removed rows (8 bytes per entity)
+        self._physical = np.delete(np.arange(total, dtype=np.int64), removed) if len(removed) else None
+        self.entities = EntityRecords(self)
+
+    # -- opening ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, mmap: bool = True) -> "KBStore":
+        """Open the store's current version (always memory-mapped; `mmap` is accepted for old callers).
+        A writer may switch versions meanwhile: then the new version is opened."""
+        path = os.fspath(path)
+        for _ in range(LOAD_ATTEMPTS):
+            stamp = _stamp(path)
+            manifest = versions.read_manifest(path)
+            try:
+                return cls._open(path, manifest, stamp)
+            except FileNotFoundError as e:
+                if _stamp(path) == stamp:  # no new version appeared: a file of this one is gone
+                    missing = os.path.relpath(e.filename, path) if e.filename else str(e)
+                    raise StoreError(f"{path}: {missing} is missing (damaged store); re-encode it with encode-kb")
+        raise StoreError(f"{path}: the store changed {LOAD_ATTEMPTS} times while it was being opened; try again")
+
+    @classmethod
+    def _open(cls, path: str, manifest: dict, stamp: tuple) -> "KBStore":
+        try:
+            if manifest.get("version", 1) == 1:
+                terms = {}
+                for name, spec in manifest["terms"].items():
+                    if spec["dtype"] not in ("float16", "float32") or spec["shape"][0] != manifest["count"]:
+                        raise StoreError(f"{path}: term {name} is {spec['dtype']} {spec['shape']}, not a format-1 "
+                                         f"term of {manifest['count']} entities (damaged manifest)")
+                    terms[name] = {"codec": spec["dtype"], "shape": spec["shape"][1:]}
+                segments = [Segment(path, manifest["count"], terms, legacy=True)]
+                removed = np.zeros(0, np.int64)
+            else:
+                segments = [Segment(os.path.join(path, versions.SEGMENTS, s["name"]), s["count"], manifest["terms"],
+                                    s.get("index")) for s in manifest["segments"]]
+                removed = np.zeros(0, np.int64)
+                if manifest.get("removed"):
+                    file = os.path.join(path, manifest["removed"]["file"])
+                    if not os.path.exists(file):
+                        raise FileNotFoundError(errno.ENOENT, "missing", file)
+                    removed = np.load(file).astype(np.int64)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"{os.path.join(path, versions.MANIFEST)}: damaged manifest ({type(e).__name__}: {e})")
+        return cls(path, manifest, segments, removed, stamp)
 
     def __len__(self):
-        return len(self.entities)
+        return self.manifest["count"]
+
+    @property
+    def format_version(self) -> int:
+        return self.manifest.get("version", 1)
 
     def check_model(self, fingerprints: dict):
         """Refuse a store made with another checkpoint or encoder than the model about to use it."""
-        stored = self.manifest["fingerprints"]
+        stored = self.fingerprints
         for key, what in (("encoder", "encoder (CLIP weights, tokenizer or image settings)"),
                           ("checkpoint", "checkpoint (MIMIC weights or units)")):
             if stored.get(key) != fingerprints.get(key):
@@ -74,80 +135,198 @@ class KBStore:
                                  f"being loaded ({stored.get(key)} vs {fingerprints.get(key)}); re-encode it "
                                  f"with 'python -m mimic encode-kb' and this model")
 
-    @classmethod
-    def load(cls, path: str, mmap: bool = False) -> "KBStore":
-        manifest_path = os.path.join(path, "manifest.json")
-        if os.path.isdir(path.rstrip("/") + ".partial") and not os.path.exists(manifest_path):
-            raise StoreError(f"{path}: encoding has not finished (resume it with the same encode-kb command)")
-        if not os.path.isdir(path):
-            raise StoreError(f"{path}: no such KB store folder")
-        try:
-            with open(manifest_path, encoding="utf-8") as f:
-                manifest = json.load(f)
-        except FileNotFoundError:
-            raise StoreError(f"{path}: not a KB store (no manifest.json)")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(f"{manifest_path}: damaged manifest ({e})")
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise StoreError(f"{path}: not a mimic-el KB store")
-        count = manifest["count"]
-        flat = {}
-        for name, spec in manifest["terms"].items():
-            file = os.path.join(path, "terms", f"{name}.npy")
-            try:
-                array = np.load(file, mmap_mode="r" if mmap else None)
-            except FileNotFoundError:
-                raise StoreError(f"{path}: term file terms/{name}.npy is missing")
-            except (ValueError, EOFError, OSError) as e:
-                raise StoreError(f"{file}: damaged or truncated ({e})")
-            if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"] or len(array) != count:
-                raise StoreError(f"{file}: shape {list(array.shape)} {array.dtype} does not match the manifest "
-                                 f"({spec['shape']} {spec['dtype']})")
-            flat[name] = array
-        entities = read_entities(os.path.join(path, "entities.jsonl"))
-        if len(entities) != count:
-            raise StoreError(f"{path}: entities.jsonl has {len(entities)} lines, the manifest says {count}")
-        with warnings.catch_warnings():  # read-only memory maps: the terms are never written
-            warnings.simplefilter("ignore", UserWarning)
-            terms = unflatten_terms({name: torch.from_numpy(a) for name, a in flat.items()})
-        return cls(path, manifest, entities, terms, manifest["fingerprints"], flat, _stamp(path))
-
     def changed(self) -> bool:
-        """Has the folder been replaced by another version since this one was loaded?"""
+        """Has another version been published since this one was opened?"""
         return _stamp(self.path) != self.stamp
 
+    # -- positions ----------------------------------------------------------------------------------
+    def physical(self, index) -> np.ndarray:
+        """Live positions -> rows counted across the segments (removed rows included)."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"entity index out of range (the KB has {len(self)} entities)")
+        return index if self._physical is None else self._physical[index]
 
-def _stamp(path: str) -> tuple:
-    try:
-        info = os.stat(os.path.join(path, "manifest.json"))
-        return info.st_ino, info.st_mtime_ns, info.st_size
-    except OSError:
-        return ()
+    def live(self, rows) -> np.ndarray:
+        """Rows (not removed) -> live positions."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows if self._physical is None else rows - np.searchsorted(self.removed, rows)
+
+    def _segment_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+    # -- terms --------------------------------------------------------------------------------------
+    def term_names(self) -> list:
+        return [n for n in self.manifest["terms"] if n not in DERIVED]
+
+    def read_terms(self, index, names=None) -> dict:
+        """Float32 values of the terms `names` (flat names; default all stored) of the entities at `index`."""
+        names = list(names or self.term_names())
+        rows = self.physical(index)
+        segment = self._segment_of(rows)
+        out = {}
+        for s in np.unique(segment):
+            where = np.flatnonzero(segment == s)
+            local = rows[where] - self.starts[s]
+            order = np.argsort(local, kind="stable")  # the map is read in order
+            for name, values in self.segments[s].read(names, local[order]).items():
+                if name not in out:
+                    out[name] = np.empty((len(rows), *values.shape[1:]), np.float32)
+                out[name][where[order]] = values
+        if not len(rows):
+            out = {n: np.zeros((0, *self.segments[0].spec[n]["shape"]), np.float32) for n in names}
+        return out
+
+    def scan(self, names, chunk: int = SCAN_CHUNK):
+        """(first live position, float values of `names`) for every live entity, chunk by chunk, in order."""
+        position = 0
+        for s, segment in enumerate(self.segments):
+            first_row = int(self.starts[s])
+            for start in range(0, segment.count, chunk):
+                end = min(segment.count, start + chunk)
+                values = segment.read(names, slice(start, end))
+                lo, hi = np.searchsorted(self.removed, [first_row + start, first_row + end])
+                if hi > lo:
+                    alive = np.ones(end - start, bool)
+                    alive[self.removed[lo:hi] - first_row - start] = False
+                    values = {n: v[alive] for n, v in values.items()}
+                count = end - start - int(hi - lo)
+                if count:
+                    yield position, values
+                position += count
+
+    def retriever(self, matcher, threads: int = None) -> retrieval.Retriever:
+        """The saved retrieval index of every segment (format 1: built now, in memory, as it used to be)."""
+        if "retrieval" in self.manifest:
+            space = retrieval.Space.from_manifest(matcher, self.manifest["retrieval"])
+        else:
+            space = retrieval.Space.measure(matcher, (v for _, v in self.scan(("vdlu.e2m.q", "vdlu.m2e.k"))))
+        parts = []
+        for s, segment in enumerate(self.segments):
+            if segment.index_spec:
+                spec, indexes = segment.index_spec, retrieval.load(segment.folder, segment.index_spec)
+            else:
+                spec = retrieval.plan(segment.count, flat_limit=segment.count)
+                indexes = retrieval.build(spec, lambda rows: space.entity_vectors(
+                    segment.read(retrieval.VECTOR_TERMS, rows)))
+            parts += [(index, int(self.starts[s]) + part["rows"][0]) for index, part in zip(indexes, spec["parts"])]
+        return retrieval.Retriever(space, parts, self.removed, threads)
+
+    # -- records ------------------------------------------------------------------------------------
+    def raw_record(self, index: int) -> dict:
+        """The record as stored (an image copied into the store has a path relative to it)."""
+        row = int(self.physical([index])[0])
+        s = int(self._segment_of(np.array([row]))[0])
+        return self.segments[s].records[row - int(self.starts[s])]
+
+    def record(self, index: int) -> dict:
+        raw = self.raw_record(index)
+        image = raw.get("image")
+        if isinstance(image, str) and image and not os.path.isabs(image):
+            image = os.path.join(os.path.abspath(self.path), image)  # copied into the store: relative to it
+        ident = raw.get("id")
+        return {"index": int(index), "id": ident if ident is not None else (raw.get("qid") or str(raw.get("index"))),
+                "qid": raw.get("qid"), "name": raw.get("name"), "description": raw.get("description"), "image": image}
+
+    def find(self, ident: str):
+        """The live position of the entity with this id, or None."""
+        ident = str(ident)
+        for s in reversed(range(len(self.segments))):
+            segment = self.segments[s]
+            for local in segment.find(ident):
+                row = int(self.starts[s]) + local
+                i = np.searchsorted(self.removed, row)
+                if i < len(self.removed) and self.removed[i] == row:
+                    continue
+                record = segment.records[local]
+                if str(record.get("id", record.get("qid") or record.get("index"))) == ident:
+                    return int(self.live([row])[0])
+        return None
 
 
-def read_entities(path: str) -> list:
-    entities = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    entities.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise StoreError(f"{path}: line {number} is damaged ({e.msg})")
-    except FileNotFoundError:
-        raise StoreError(f"{path}: missing")
-    return entities
+class EntityRecords(Sequence):
+    """`store.entities`: len, [i] (negative too), slices and iteration, each record parsed on access."""
 
+    def __init__(self, store: KBStore):
+        self._store = store
+
+    def __len__(self):
+        return len(self._store)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"entity {i} out of range (the KB has {len(self)} entities)")
+        return self._store.record(i)
+
+    def __iter__(self):
+        return (self._store.record(i) for i in range(len(self)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing segments (shared by encoding, merging and the `kb` commands).
 
 def entity_id(entity) -> str:
-    """The id that `kb update` and `kb remove` use: the QID when there is one, else the KB index."""
+    """The id edits and `link` use: the QID when there is one, else the index it is first encoded at."""
     return entity.qid if entity.qid else str(entity.index)
 
 
 def entity_record(entity, image_folder: str) -> dict:
     image = entity_image_path(entity, image_folder)
-    return {"index": entity.index, "id": entity_id(entity), "qid": entity.qid, "name": entity.name,
-            "description": entity.attr, "image": os.path.abspath(image) if image else None}
+    return {"id": entity_id(entity), "qid": entity.qid, "name": entity.name, "description": entity.attr,
+            "image": os.path.realpath(image) if image else None}
+
+
+def term_spec(values: dict, precision: str) -> dict:
+    """{name: {"codec", "shape"}} for float values [n, ...] of each stored term."""
+    return {name: {"codec": compression.codec_of(name, precision), "shape": list(v.shape[1:])}
+            for name, v in values.items() if name not in DERIVED}
+
+
+def segment_name(kb_version: int) -> str:
+    return f"s{kb_version:06d}-{secrets.token_hex(4)}"
+
+
+def index_segment(folder: str, count: int, spec: dict, space: retrieval.Space, flat_limit: int,
+                  progress: bool = False) -> dict:
+    """Build and save the retrieval index of a written segment; returns its spec for the manifest."""
+    segment = Segment(folder, count, spec)
+    plan = retrieval.plan(count, flat_limit)
+    bar = tqdm(total=count, unit="entity", desc=f"index ({plan['kind']})", disable=not progress, leave=False)
+    retrieval.build(plan, lambda rows: space.entity_vectors(segment.read(retrieval.VECTOR_TERMS, rows)), folder,
+                    progress=bar.update)
+    bar.close()
+    return plan
+
+
+def measure_space(matcher, folder: str, count: int, spec: dict) -> retrieval.Space:
+    segment = Segment(folder, count, spec)
+    return retrieval.Space.measure(matcher, (segment.read(("vdlu.e2m.q", "vdlu.m2e.k"), slice(s, s + SCAN_CHUNK))
+                                             for s in range(0, count, SCAN_CHUNK)))
+
+
+def link_tree(source: str, target: str):
+    """Hard-link a segment's files into the store (copy across filesystems): the source stays whole,
+    so a run killed before the switch can be finished again without encoding anything."""
+    for root, _, files in os.walk(source):
+        dest = os.path.join(target, os.path.relpath(root, source))
+        make_dirs(dest)
+        for file in files:
+            try:
+                os.link(os.path.join(root, file), os.path.join(dest, file))
+            except FileExistsError:
+                os.remove(os.path.join(dest, file))
+                os.link(os.path.join(root, file), os.path.join(dest, file))
+            except OSError:
+                shutil.copy2(os.path.join(root, file), os.path.join(dest, file))
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,79 +340,130 @@ def _chunk_file(work: str, chunk: int) -> str:
     return os.path.join(work, "chunks", f"{chunk:06d}.npz")
 
 
-def _read_chunk(file: str) -> dict:
-    with np.load(file) as z:
-        return {k: z[k] for k in z.files}
+def _done_file(work: str, chunk: int) -> str:
+    return os.path.join(work, "done", f"{chunk:06d}")
+
+
+def _chunk_done(work: str, layout: str, chunk: int) -> bool:
+    return os.path.exists(_done_file(work, chunk) if layout == "segment" else _chunk_file(work, chunk))
+
+
+def _read_plan(work: str) -> dict:
+    try:
+        with open(os.path.join(work, "partial.json"), encoding="utf-8") as f:
+            plan = json.load(f)
+    except (OSError, ValueError):
+        raise StoreError(f"{work}: not an encode-kb partial or shard folder")
+    if not isinstance(plan, dict) or plan.get("format") != WORK_FORMAT:
+        raise StoreError(f"{work}: not an encode-kb partial or shard folder")
+    if plan.get("version") != VERSION:
+        raise StoreError(f"{work}: an unfinished encoding made by another version of mimic-el (its format is "
+                         f"{plan.get('version')}); encode it again with --restart")
+    return plan
 
 
 def _open_work(work: str, plan: dict, restart: bool):
-    """Create the partial folder, or check that an existing one belongs to the same job."""
+    """Create the work folder, or check that an existing one belongs to the same job."""
+    versions.check_work_target(work)
     spec_path = os.path.join(work, "partial.json")
     if os.path.exists(spec_path) and restart:
         shutil.rmtree(work)
     if os.path.exists(spec_path):
-        with open(spec_path, encoding="utf-8") as f:
-            existing = json.load(f)
-        for key in ("count", "chunk_size", "precision", "fingerprints", "shard"):
+        existing = _read_plan(work)
+        for key in ("count", "chunk_size", "precision", "fingerprints", "shard", "layout"):
             if existing.get(key) != plan[key]:
                 raise StoreError(f"{work}: an unfinished encoding of another job is here (its {key} differs: "
                                  f"{existing.get(key)} vs {plan[key]}); pass --restart to discard it")
-        for leftover in os.listdir(os.path.join(work, "chunks")):  # a chunk being written when the run was killed
-            if leftover.startswith("."):
-                os.remove(os.path.join(work, "chunks", leftover))
         return
-    make_dirs(os.path.join(work, "chunks"))
+    make_dirs(os.path.join(work, "done" if plan["layout"] == "segment" else "chunks"))
     write_json(spec_path, plan)
 
 
-def encode_chunks(model, entities: list, image_folder: str, work: str, fingerprints: dict, *, batch_size=64,
-                  chunk_size=1024, shard=(0, 1), precision="mixed", restart=False, device=None,
-                  progress=True, source: dict = None, on_progress=None) -> list:
-    """Encode this shard's chunks into `work`/chunks (skipping finished ones); returns the chunk ids.
-    on_progress(done, total) is called after every batch (for a UI)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}")
-    index, total = shard
-    plan = {"format": WORK_FORMAT, "version": VERSION, "count": len(entities), "chunk_size": chunk_size,
-            "precision": precision, "fingerprints": fingerprints, "shard": [index, total],
-            "units": list(model.config.units), "source": source or {}}
-    _open_work(work, plan, restart)
-    ranges = _chunk_ranges(len(entities), chunk_size)
-    mine = [c for c in range(len(ranges)) if c % total == index]
-    todo = [c for c in mine if not os.path.exists(_chunk_file(work, c))]
-    done_entities = sum(ranges[c][1] - ranges[c][0] for c in mine if c not in todo)
-    bar = tqdm(total=sum(ranges[c][1] - ranges[c][0] for c in mine), initial=done_entities, unit="entity",
-               desc="encode KB", disable=not progress, smoothing=0.1)
-    model.eval()
-    for chunk in todo:
-        start, end = ranges[chunk]
+def _model_terms(model, entities: list, image_folder: str, batch_size: int, device, autocast, progress_step):
+    """terms_of(start, end) that runs the model's encoder, batch by batch."""
+    def terms_of(start, end):
         parts = []
         for s in range(start, end, batch_size):
             batch = entities[s:min(s + batch_size, end)]
             terms = encode_batch(model, [entity_text(e.name, e.attr) for e in batch],
-                                 [entity_image_path(e, image_folder) for e in batch], "entity", device)
-            parts.append(flatten_terms(terms))
-            bar.update(len(batch))
-            if on_progress:
-                on_progress(bar.n, bar.total)
-        arrays = {name: np.concatenate([p[name].numpy() for p in parts]).astype(term_dtype(name, precision))
-                  for name in parts[0]}
-        with atomic_file(_chunk_file(work, chunk), "wb") as f:
-            np.savez(f, **arrays)
+                                 [entity_image_path(e, image_folder) for e in batch], "entity", device,
+                                 autocast=autocast)
+            parts.append({k: v.numpy() for k, v in flatten_terms(terms).items()})
+            progress_step(len(batch))
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return terms_of
+
+
+def encode_chunks(model, entities: list, image_folder: str, work: str, fingerprints: dict, *, batch_size=64,
+                  chunk_size=1024, shard=(0, 1), precision=DEFAULT_PRECISION, restart=False, device=None,
+                  progress=True, source: dict = None, on_progress=None, autocast=None, terms_of=None) -> list:
+    """Encode this shard's chunks into `work` (skipping finished ones); returns the chunk ids.
+    on_progress(done, total) is called after every batch (for a UI). terms_of(start, end) -> flat float
+    terms replaces the encoder (benchmarks write synthetic terms through the same path)."""
+    if precision not in PRECISIONS:
+        raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    index, total = shard
+    plan = {"format": WORK_FORMAT, "version": VERSION, "layout": "segment" if total == 1 else "chunks",
+            "count": len(entities), "chunk_size": chunk_size, "precision": precision, "fingerprints": fingerprints,
+            "shard": [index, total], "units": list(model.config.units), "source": source or {}}
+    _open_work(work, plan, restart)
+    ranges = _chunk_ranges(len(entities), chunk_size)
+    mine = [c for c in range(len(ranges)) if c % total == index]
+    todo = [c for c in mine if not _chunk_done(work, plan["layout"], c)]
+    done_entities = sum(ranges[c][1] - ranges[c][0] for c in mine if c not in todo)
+    bar = tqdm(total=sum(ranges[c][1] - ranges[c][0] for c in mine), initial=done_entities, unit="entity",
+               desc="encode KB", disable=not progress, smoothing=0.1)
+
+    def step(n):
+        bar.update(n)
+        if on_progress:
+            on_progress(bar.n, bar.total)
+    if terms_of is None:
+        model.eval()
+        terms_of = _model_terms(model, entities, image_folder, batch_size, device, autocast, step)
+    else:
+        given = terms_of
+
+        def terms_of(start, end):
+            values = given(start, end)
+            step(end - start)
+            return values
+    writer = None
+    for chunk in todo:
+        start, end = ranges[chunk]
+        values = {k: v for k, v in terms_of(start, end).items() if k not in DERIVED}
+        if plan["layout"] == "segment":
+            if writer is None:
+                folder = os.path.join(work, "segment")
+                writer = (SegmentWriter.reopen(folder) if os.path.exists(os.path.join(folder, "segment.json"))
+                          else SegmentWriter(folder, len(entities), term_spec(values, precision), create=True))
+            writer.put(start, values)
+            writer.flush()  # the rows are on disk before the chunk is marked done
+            with atomic_file(_done_file(work, chunk)):
+                pass
+        else:
+            spec = term_spec(values, precision)
+            if not os.path.exists(os.path.join(work, "terms.json")):
+                write_json(os.path.join(work, "terms.json"), spec)
+            coded = {}
+            for name, v in values.items():
+                for i, array in enumerate(compression.encode(spec[name]["codec"], v, name)):
+                    coded[f"{name}#{i}"] = array
+            with atomic_file(_chunk_file(work, chunk), "wb") as f:
+                np.savez(f, **coded)
+    if writer is not None:
+        writer.close()
     bar.close()
-    log_unusable(model.processor.images, sum(bool(e.images) for e in entities), "entity images")
+    if model is not None and hasattr(model, "processor"):
+        log_unusable(model.processor.images, sum(bool(e.images) for e in entities), "entity images")
     return mine
 
 
-def assemble(works: list, out: str, entities: list, image_folder: str, kb_fingerprint: str, kb_version: int = 1):
-    """Chunks from one or more partial folders -> a finished store at `out` (atomic)."""
-    plans = []
-    for work in works:
-        try:
-            with open(os.path.join(work, "partial.json"), encoding="utf-8") as f:
-                plans.append(json.load(f))
-        except FileNotFoundError:
-            raise StoreError(f"{work}: not an encode-kb partial or shard folder")
+def finish(works: list, out: str, entities: list, image_folder: str, kb_fingerprint: str, model, *,
+           flat_limit: int = retrieval.FLAT_LIMIT, wait: float = DEFAULT_WAIT, progress: bool = True) -> dict:
+    """Finished chunks of one work folder (or of shards) -> the store's new version at `out`: records,
+    retrieval index, then the atomic switch. Returns the new manifest."""
+    plans = [_read_plan(w) for w in works]
     first = plans[0]
     for work, plan in zip(works[1:], plans[1:]):
         for key in ("count", "chunk_size", "precision", "fingerprints", "units"):
@@ -246,78 +476,112 @@ def assemble(works: list, out: str, entities: list, image_folder: str, kb_finger
     if count != len(entities):
         raise StoreError(f"the partial encoding has {count} entities but the KB has {len(entities)}")
     ranges = _chunk_ranges(count, chunk_size)
+    direct = len(works) == 1 and first["layout"] == "segment"
     sources = {}
-    for work in works:
+    for work, plan in zip(works, plans):
         for chunk in range(len(ranges)):
-            if chunk not in sources and os.path.exists(_chunk_file(work, chunk)):
-                sources[chunk] = _chunk_file(work, chunk)
+            if chunk not in sources and _chunk_done(work, plan["layout"], chunk):
+                sources[chunk] = work
     missing = [c for c in range(len(ranges)) if c not in sources]
     if missing:
         start, end = ranges[missing[0]]
         raise StoreError(f"{len(missing)} of {len(ranges)} chunks are not encoded yet (the first: entities "
                          f"{start}-{end - 1}); finish every shard before merging")
-    sample = _read_chunk(sources[0])
-    with atomic_folder(out) as tmp:
-        os.makedirs(os.path.join(tmp, "terms"))
-        arrays = {name: np.lib.format.open_memmap(os.path.join(tmp, "terms", f"{name}.npy"), mode="w+",
-                                                  dtype=a.dtype, shape=(count, *a.shape[1:]))
-                  for name, a in sample.items()}
-        for chunk, (start, end) in enumerate(ranges):
-            data = _read_chunk(sources[chunk])
-            for name, array in arrays.items():
-                if len(data[name]) != end - start:
-                    raise StoreError(f"{sources[chunk]}: holds {len(data[name])} entities, expected {end - start}")
-                array[start:end] = data[name]
-        for array in arrays.values():
-            array.flush()
-        terms = {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in arrays.items()}
-        del arrays
-        with atomic_file(os.path.join(tmp, "entities.jsonl"), encoding="utf-8") as f:
-            for e in entities:
-                f.write(json.dumps(entity_record(e, image_folder), ensure_ascii=False) + "\n")
-        write_json(os.path.join(tmp, "manifest.json"), {
-            "format": FORMAT, "version": VERSION, "count": count, "precision": precision,
-            "fingerprints": first["fingerprints"], "kb_version": kb_version,
-            "units": first["units"], "terms": terms, "source": first.get("source") or {},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    with versions.writing(out, wait):
+        name = segment_name(1)
+        if direct:
+            folder = os.path.join(works[0], "segment")
+            with open(os.path.join(folder, "segment.json"), encoding="utf-8") as f:
+                spec = json.load(f)["terms"]
+        else:
+            folder = os.path.join(out, versions.SEGMENTS, f".tmp-{name}")
+            spec = _merge_chunks(works, sources, ranges, folder, count, progress)
+        write_records(folder, count, (entity_record(e, image_folder) for e in entities))
+        space = measure_space(model.matcher, folder, count, spec)
+        index = index_segment(folder, count, spec, space, flat_limit, progress)
+        target = os.path.join(out, versions.SEGMENTS, name)
+        if direct:
+            link_tree(folder, target)
+        else:
+            os.rename(folder, target)
+        manifest = {"format": FORMAT, "version": VERSION, "count": count, "precision": precision, "terms": spec,
+                    "derived": list(DERIVED), "fingerprints": first["fingerprints"], "kb_version": 1,
+                    "units": first["units"], "source": first.get("source") or {}, "created": now(), "history": [],
+                    "retrieval": {**space.to_manifest(), "flat_limit": flat_limit},
+                    "segments": [{"name": name, "count": count, "index": index}], "removed": None}
+        versions.publish(out, manifest)
+    return manifest
+
+
+def _merge_chunks(works: list, sources: dict, ranges: list, folder: str, count: int, progress: bool) -> dict:
+    """Copy the shards' chunks, one at a time, into a new segment; returns its term spec."""
+    specs = []
+    for work in works:
+        try:
+            with open(os.path.join(work, "terms.json"), encoding="utf-8") as f:
+                specs.append(json.load(f))
+        except FileNotFoundError:
+            continue
+    spec = specs[0]
+    if any(s != spec for s in specs):
+        raise StoreError("the shards were written with different term layouts; encode them again")
+    writer = SegmentWriter(folder, count, spec, create=True)
+    for chunk, (start, end) in enumerate(tqdm(ranges, desc="merge", unit="chunk", disable=not progress)):
+        file = _chunk_file(sources[chunk], chunk)
+        with np.load(file) as z:
+            for name, term in spec.items():
+                coded = [z[f"{name}#{i}"] for i in range(len(compression.files_of(name, term["codec"])))]
+                if len(coded[0]) != end - start:
+                    raise StoreError(f"{file}: holds {len(coded[0])} entities, expected {end - start}")
+                writer.put_coded(start, name, coded)
+    writer.close()
+    return spec
 
 
 def encode_store(model, entities: list, image_folder: str, out: str, kb_fingerprint: str, *, batch_size=64,
-                 chunk_size=1024, shard=None, precision="mixed", restart=False, device=None, progress=True,
-                 source: dict = None, on_progress=None) -> str:
+                 chunk_size=1024, shard=None, precision=DEFAULT_PRECISION, restart=False, device=None, progress=True,
+                 source: dict = None, on_progress=None, autocast=None, flat_limit=retrieval.FLAT_LIMIT,
+                 wait=DEFAULT_WAIT, terms_of=None) -> str:
     """Encode a KB into a store at `out` (resumable). With shard=(i, n), write shard i's chunks to `out`
-    and stop; `merge_shards` makes the store."""
+    and stop; `merge_shards` makes the store. `out` must be a store, an empty folder or absent."""
     from .fingerprint import model_fingerprints
     if not entities:
         raise StoreError("the KB has no entities")
+    check_all_inside(entities, image_folder)
     fingerprints = {**model_fingerprints(model), "kb": kb_fingerprint}
-    if not restart and shard is None and _up_to_date(out, fingerprints, len(entities), precision):
+    options = dict(batch_size=batch_size, chunk_size=chunk_size, precision=precision, restart=restart,
+                   device=device, progress=progress, source=source, on_progress=on_progress, autocast=autocast,
+                   terms_of=terms_of)
+    if shard is not None and shard[1] > 1:
+        encode_chunks(model, entities, image_folder, out, fingerprints, shard=shard, **options)
+        return out
+    versions.check_target(out)
+    work = out.rstrip("/") + ".partial"
+    if not restart and _up_to_date(out, fingerprints, len(entities), precision):
         log.info("%s is up to date (same model, KB and precision): nothing to encode", out)
         return out
-    if shard is not None and shard[1] > 1:
-        encode_chunks(model, entities, image_folder, out, fingerprints, batch_size=batch_size,
-                      chunk_size=chunk_size, shard=shard, precision=precision, restart=restart, device=device,
-                      progress=progress, source=source, on_progress=on_progress)
-        return out
-    work = out.rstrip("/") + ".partial"
-    encode_chunks(model, entities, image_folder, work, fingerprints, batch_size=batch_size, chunk_size=chunk_size,
-                  precision=precision, restart=restart, device=device, progress=progress, source=source,
-                  on_progress=on_progress)
-    assemble([work], out, entities, image_folder, kb_fingerprint)
+    encode_chunks(model, entities, image_folder, work, fingerprints, **options)
+    finish([work], out, entities, image_folder, kb_fingerprint, model, flat_limit=flat_limit, wait=wait,
+           progress=progress)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
 def _up_to_date(out: str, fingerprints: dict, count: int, precision: str) -> bool:
     try:
-        with open(os.path.join(out, "manifest.json"), encoding="utf-8") as f:
+        with open(os.path.join(out, versions.MANIFEST), encoding="utf-8") as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return False
-    return (manifest.get("fingerprints") == fingerprints and manifest.get("count") == count
+    return (isinstance(manifest, dict) and manifest.get("version") == VERSION
+            and manifest.get("fingerprints") == fingerprints and manifest.get("count") == count
             and manifest.get("precision") == precision and manifest.get("kb_version", 1) == 1)
 
 
-def merge_shards(shards: list, out: str, entities: list, image_folder: str, kb_fingerprint: str) -> str:
-    assemble(shards, out, entities, image_folder, kb_fingerprint)
+def merge_shards(shards: list, out: str, entities: list, image_folder: str, kb_fingerprint: str, model, *,
+                 flat_limit=retrieval.FLAT_LIMIT, wait=DEFAULT_WAIT, progress=True) -> str:
+    """Finished shard folders -> a store at `out` (the model builds the retrieval index)."""
+    versions.check_target(out)
+    finish(shards, out, entities, image_folder, kb_fingerprint, model, flat_limit=flat_limit, wait=wait,
+           progress=progress)
     return out

@@ -1,4 +1,5 @@
-"""A living KB (add / update / remove without re-encoding, atomic, live reload) and NIL answers."""
+"""A living KB (add / update / remove at the cost of the change, live reload, stable ids, images only from
+--images, compaction) and NIL answers. Crashes, concurrent writers and readers: test_store_safety.py."""
 import json
 import os
 import subprocess
@@ -6,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-import mimic.kbedit as kbedit
+import mimic.segment as segment_module
 from mimic.data import Entity
 from mimic.fingerprint import file_fingerprint
-from mimic.kbedit import edit_store
+from mimic.kbedit import compact_store, edit_store, read_changes
 from mimic.linker import Linker, Query
 from mimic.nil import best_threshold, calibrate, is_nil
 from mimic.store import KBStore, StoreError, encode_store
@@ -20,9 +22,9 @@ def _entities(dataset, part):
     return [Entity(index=e.index, name=e.name, attr=e.attr, images=list(e.images), qid=e.qid) for e in part]
 
 
-def build(model, dataset, entities, out):
+def build(model, dataset, entities, out, **options):
     encode_store(model, entities, dataset.kb_images, str(out), file_fingerprint(dataset.config.data.entity),
-                 batch_size=8, progress=False)
+                 batch_size=8, progress=False, **options)
     return str(out)
 
 
@@ -32,22 +34,51 @@ def top(linker, dataset, mentions, k=10):
     return [linker.link_terms(select(terms, slice(i, i + 1)), k, exact=True)["results"] for i in range(len(mentions))]
 
 
+def terms_of(store, ids) -> dict:
+    return store.read_terms([store.find(i) for i in ids])
+
+
+def assert_terms_close(x: dict, y: dict):
+    """Coded terms of the same entities encoded in other batches: float rounding may move a value across
+    a code boundary (one 4-bit step, or one unit of the 24-bit codes), on a handful of values at most."""
+    assert sorted(x) == sorted(y)
+    for name in x:
+        off = np.abs(x[name] - y[name]) > 1e-4 * (1 + np.abs(y[name]))
+        assert off.mean() < 2e-3, (name, off.sum())
+
+
 def test_adding_to_a_store_equals_building_it_whole(tiny_model, synth_dataset, tmp_path):
     everything = _entities(synth_dataset, synth_dataset.entities)
     whole = build(tiny_model, synth_dataset, everything, tmp_path / "whole")
     grown = build(tiny_model, synth_dataset, everything[:30], tmp_path / "grown")
     manifest = edit_store(grown, tiny_model, add=everything[30:], image_folder=synth_dataset.kb_images, batch_size=8)
-    assert manifest["count"] == 48 and manifest["kb_version"] == 2
+    assert manifest["count"] == 48 and manifest["kb_version"] == 2 and len(manifest["segments"]) == 2
     a, b = KBStore.load(whole), KBStore.load(grown)
-    assert [e["id"] for e in a.entities] == [e["id"] for e in b.entities]
-    for name in a.arrays:
-        np.testing.assert_allclose(a.arrays[name].astype(np.float32), b.arrays[name].astype(np.float32),
-                                   atol=1e-3 if a.arrays[name].dtype == np.float16 else 1e-5, err_msg=name)
+    ids = [e["id"] for e in a.entities]
+    assert ids == [e["id"] for e in b.entities]
+    assert_terms_close(terms_of(a, ids), terms_of(b, ids))
     mentions = synth_dataset.split("test")
-    for x, y in zip(top(Linker(tiny_model, a), synth_dataset, mentions), top(Linker(tiny_model, b), synth_dataset,
+    for p, q in zip(top(Linker(tiny_model, a), synth_dataset, mentions), top(Linker(tiny_model, b), synth_dataset,
                                                                             mentions)):
-        assert [r["index"] for r in x] == [r["index"] for r in y]
-        assert [r["score"] for r in x] == pytest.approx([r["score"] for r in y], abs=1e-4)
+        assert [r["id"] for r in p] == [r["id"] for r in q]
+        assert [r["score"] for r in p] == pytest.approx([r["score"] for r in q], abs=1e-4)
+
+
+def test_an_edit_costs_the_change_not_the_store(tiny_model, synth_dataset, tmp_path, monkeypatch):
+    path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:40]), tmp_path / "kb")
+    base = KBStore.load(path).segments[0].folder
+    files = {f: os.stat(os.path.join(r, f)) for r, _, fs in os.walk(base) for f in fs}
+    read = []
+    real = segment_module.Segment.read
+    monkeypatch.setattr(segment_module.Segment, "read", lambda self, names, rows: read.append(
+        (self.folder, len(range(*rows.indices(self.count))) if isinstance(rows, slice) else len(rows)))
+        or real(self, names, rows))
+    edit_store(path, tiny_model, add=_entities(synth_dataset, synth_dataset.entities[40:43]),
+               image_folder=synth_dataset.kb_images, remove=["Q1002"])
+    assert sum(n for folder, n in read if folder == base) == 0  # no row of the existing segment was read
+    after = {f: os.stat(os.path.join(r, f)) for r, _, fs in os.walk(base) for f in fs}
+    assert {f: (s.st_ino, s.st_mtime_ns) for f, s in after.items()} == {
+        f: (s.st_ino, s.st_mtime_ns) for f, s in files.items()}  # nor rewritten
 
 
 def test_removed_entities_are_never_returned_and_updates_take_effect(tiny_model, synth_dataset, tmp_path):
@@ -57,15 +88,99 @@ def test_removed_entities_are_never_returned_and_updates_take_effect(tiny_model,
     edit_store(path, remove=gone)
     assert linker.refresh() and len(linker.store) == 43 and not linker.refresh()
     for rows in top(linker, synth_dataset, synth_dataset.split("test"), k=43):
-        assert not {r["qid"] for r in rows} & set(gone) and len(rows) == 43
-    renamed = Entity(index=0, name="Zanzibar Lighthouse", attr="a lighthouse on zanzibar", qid="Q1001")
-    edit_store(path, tiny_model, update=[renamed], image_folder=synth_dataset.kb_images)
+        assert not {r["id"] for r in rows} & set(gone) and len(rows) == 43
+    for k in (5, 43):  # the default path skips removed rows too, and still finds k entities
+        result = linker.link("the red falcon in lima", "falcon", None, k)["results"]
+        assert len(result) == k and not {r["id"] for r in result} & set(gone)
+    edit_store(path, tiny_model, update=[{"id": "Q1001", "name": "Zanzibar Lighthouse",
+                                          "description": "a lighthouse on zanzibar", "image": None}],
+               image_folder=synth_dataset.kb_images)
     linker.refresh()
     result = linker.link("the zanzibar lighthouse at night", "zanzibar lighthouse", None, 3)
-    record = next(e for e in linker.store.entities if e["id"] == "Q1001")
-    assert record["name"] == "Zanzibar Lighthouse" and record["image"] is None
-    assert linker.store.manifest["kb_version"] == 3 and [h["removed"] for h in linker.store.manifest["history"]][0] == gone
-    assert result["results"][0]["qid"] == "Q1001"
+    record = linker.store.entities[linker.store.find("Q1001")]
+    assert record["name"] == "Zanzibar Lighthouse" and record["image"] is None and record["index"] == 42
+    assert linker.store.manifest["kb_version"] == 3 and linker.store.manifest["history"][0]["removed"] == gone
+    assert result["results"][0]["id"] == "Q1001"
+
+
+def test_update_changes_only_the_fields_given(tiny_model, synth_dataset, tmp_path):
+    path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:10]), tmp_path / "kb")
+    store = KBStore.load(path)
+    before = store.entities[store.find("Q1003")]
+    assert before["image"]
+    (tmp_path / "changes.json").write_text(json.dumps([{"id": "Q1003", "description": "now described anew"},
+                                                        {"id": "Q1004", "image": None}]))
+    edit_store(path, tiny_model, update=read_changes(str(tmp_path / "changes.json")),
+               image_folder=synth_dataset.kb_images)
+    store = KBStore.load(path)
+    after = store.entities[store.find("Q1003")]
+    assert after["image"] == before["image"] and after["name"] == before["name"]  # kept
+    assert after["description"] == "now described anew"
+    assert store.entities[store.find("Q1004")]["image"] is None  # "image": null removes it
+    # the kept image was encoded again: the same terms as encoding the entity with that image from scratch
+    fresh = build(tiny_model, synth_dataset, [Entity(0, before["name"], "now described anew",
+                                                     [os.path.basename(before["image"])], "Q1003")], tmp_path / "one")
+    assert_terms_close(terms_of(store, ["Q1003"]), terms_of(KBStore.load(fresh), ["Q1003"]))
+    for bad, message in [([{"id": "Q1003"}], "gives none of name, description, image"),
+                         ([{"name": "x"}], "has no \"id\""), ([{"id": "Q1003", "image": 3}], "must be text or null"),
+                         ({"id": "Q1"}, "expected a JSON list")]:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(StoreError, match=message):
+            read_changes(str(tmp_path / "bad.json"))
+
+
+def test_images_come_only_from_the_images_folder(tiny_model, synth_dataset, tmp_path):
+    path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:5]), tmp_path / "kb")
+    photos, outside = tmp_path / "photos", tmp_path / "secret"
+    photos.mkdir()
+    outside.mkdir()
+    (outside / "id_rsa").write_text("-----BEGIN PRIVATE KEY-----")
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(outside / "red.png")
+    (photos / "notes.png").write_text("not a picture")
+    os.symlink(outside / "red.png", photos / "link.png")
+    cases = [("../secret/id_rsa", "its image '../secret/id_rsa' is outside the images folder"),
+             (str(outside / "red.png"), "is outside the images folder"),
+             ("link.png", "its image 'link.png' is outside the images folder"),
+             ("notes.png", "entity 'Qbad': its image cannot be used: notes.png: not an image"),
+             ("missing.png", "image file 'missing.png' not found")]
+    for image, message in cases:
+        with pytest.raises(StoreError, match=message):
+            edit_store(path, tiny_model, add=[Entity(0, "Bad", "", [image], "Qbad")], image_folder=str(photos))
+        with pytest.raises(StoreError, match=message.replace("'Qbad'", "'Q1001'")):
+            edit_store(path, tiny_model, update=[{"id": "Q1001", "image": image}], image_folder=str(photos))
+    store = KBStore.load(path)
+    assert len(store) == 5 and store.manifest["kb_version"] == 1 and not os.path.exists(os.path.join(path, "images"))
+    with pytest.raises(StoreError, match="its image '../secret/id_rsa' is outside"):  # encode-kb checks them too
+        build(tiny_model, synth_dataset, [Entity(0, "Bad", "", ["../secret/id_rsa"], "Qbad")], tmp_path / "kb2")
+
+
+def test_added_images_are_copied_into_the_store(tiny_model, synth_dataset, tmp_path):
+    path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:5]), tmp_path / "kb")
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "upload.png")
+    edit_store(path, tiny_model, add=[Entity(0, "Green Thing", "a green thing", ["upload.png"], "Qg")],
+               image_folder=str(tmp_path))
+    os.remove(tmp_path / "upload.png")  # the upload goes away; the store keeps its copy
+    record = KBStore.load(path).entities[-1]
+    assert record["image"].startswith(os.path.abspath(path)) and os.path.isfile(record["image"])
+    moved = str(tmp_path / "moved")
+    os.rename(path, moved)  # the copy is named relative to the store, so the store can move
+    assert os.path.isfile(KBStore.load(moved).entities[-1]["image"])
+
+
+def test_ids_stay_what_link_shows_after_removals(tiny_model, synth_dataset, tmp_path):
+    plain = [{"name": e.name, "description": e.attr} for e in synth_dataset.entities[:12]]  # no QIDs
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    from mimic.data import read_entity_file
+    path = build(tiny_model, synth_dataset, read_entity_file(str(tmp_path / "plain.json")), tmp_path / "kb")
+    edit_store(path, remove=["0", "1", "2"])
+    linker = Linker(tiny_model, KBStore.load(path))
+    row = linker.link("the falcon flew over lima", "falcon", None, 3)["results"][0]
+    assert row["index"] != int(row["id"])  # positions moved; the id did not
+    assert linker.store.entities[row["index"]]["id"] == row["id"]
+    edit_store(path, remove=[row["id"]])  # the id link shows is the one remove takes
+    linker.refresh()
+    assert linker.store.find(row["id"]) is None and len(linker.store) == 8
+    assert [e["id"] for e in linker.store.entities] == [str(i) for i in range(3, 12) if str(i) != row["id"]]
 
 
 def test_edits_name_the_problem(tiny_model, synth_dataset, tmp_path):
@@ -76,39 +191,60 @@ def test_edits_name_the_problem(tiny_model, synth_dataset, tmp_path):
         edit_store(path, remove=["Q9"])
     with pytest.raises(StoreError, match="has no id"):
         edit_store(path, tiny_model, add=[Entity(0, "x", "y")])
+    with pytest.raises(StoreError, match="the id 'Q1001' appears twice"):
+        edit_store(path, tiny_model, update=[{"id": "Q1001", "name": "a"}], remove=["Q1001"])
+    with pytest.raises(StoreError, match="would leave the KB empty"):
+        edit_store(path, remove=[f"Q{1000 + i}" for i in range(10)])
     from mimic.model import MIMIC, MIMICConfig
     other = MIMIC.from_encoder(MIMICConfig(encoder=tiny_model.config.encoder), seed=77)
     with pytest.raises(StoreError, match="encoded with another checkpoint"):
         edit_store(path, other, add=[Entity(0, "x", "y", qid="Qnew")])
 
 
-def test_an_interrupted_add_leaves_the_old_store_intact(tiny_model, synth_dataset, tmp_path, monkeypatch):
+def test_a_failed_edit_leaves_the_old_version_and_the_next_edit_cleans_up(tiny_model, synth_dataset, tmp_path,
+                                                                           monkeypatch):
+    import mimic.versions as versions
     path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:20]), tmp_path / "kb")
-    before = {name: a.copy() for name, a in KBStore.load(path).arrays.items()}
+    before = terms_of(KBStore.load(path), ["Q1000", "Q1019"])
+    real = versions.write_json
 
-    def crash(*args, **kwargs):
+    def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(kbedit, "write_json", crash)  # fails at the very end, after every array is written
+    monkeypatch.setattr(versions, "write_json", full_disk)  # fails at the switch, after every file is written
     with pytest.raises(OSError):
         edit_store(path, tiny_model, add=_entities(synth_dataset, synth_dataset.entities[20:25]),
                    image_folder=synth_dataset.kb_images)
     store = KBStore.load(path)
     assert len(store) == 20 and store.manifest["kb_version"] == 1
-    for name, array in before.items():
-        assert np.array_equal(store.arrays[name], array)
-    assert sorted(os.listdir(tmp_path)) == ["kb"]  # no half-written version left behind
+    for name, values in terms_of(store, ["Q1000", "Q1019"]).items():
+        assert np.array_equal(values, before[name])
+    monkeypatch.setattr(versions, "write_json", real)
+    edit_store(path, remove=["Q1005"])
+    named = {s["name"] for s in KBStore.load(path).manifest["segments"]}
+    assert set(os.listdir(os.path.join(path, "segments"))) == named  # the failed edit's segment is gone
 
 
-def test_added_images_are_copied_into_the_store(tiny_model, synth_dataset, tmp_path):
-    path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:5]), tmp_path / "kb")
-    from PIL import Image
-    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "upload.png")
-    edit_store(path, tiny_model, add=[Entity(0, "Green Thing", "a green thing", ["upload.png"], "Qg")],
+def test_compaction_keeps_ids_order_and_rankings(tiny_model, synth_dataset, tmp_path):
+    path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:30]), tmp_path / "kb")
+    Image.new("RGB", (20, 20), (0, 0, 250)).save(tmp_path / "blue.png")
+    Image.new("RGB", (20, 20), (250, 250, 0)).save(tmp_path / "yellow.png")
+    edit_store(path, tiny_model, add=[Entity(0, "Blue", "a blue thing", ["blue.png"], "Qb"),
+                                      Entity(0, "Yellow", "a yellow thing", ["yellow.png"], "Qy")],
                image_folder=str(tmp_path))
-    os.remove(tmp_path / "upload.png")  # the upload goes away; the store keeps its copy
-    record = KBStore.load(path).entities[-1]
-    assert record["image"].startswith(os.path.abspath(path)) and os.path.isfile(record["image"])
+    edit_store(path, tiny_model, update=[{"id": "Q1004", "description": "changed"}], remove=["Q1007", "Qy"],
+               image_folder=synth_dataset.kb_images)
+    store = KBStore.load(path)
+    ids, mentions = [e["id"] for e in store.entities], synth_dataset.split("test")[:15]
+    before = top(Linker(tiny_model, store), synth_dataset, mentions)
+    manifest = compact_store(path, tiny_model, progress=False)
+    compacted = KBStore.load(path)
+    assert len(manifest["segments"]) == 1 and manifest["removed"] is None and manifest["kb_version"] == 4
+    assert [e["id"] for e in compacted.entities] == ids
+    kept_image = compacted.entities[compacted.find("Qb")]["image"]
+    assert os.listdir(os.path.join(path, "images")) == [os.path.basename(kept_image)]  # Qy's copy is gone
+    for p, q in zip(before, top(Linker(tiny_model, compacted), synth_dataset, mentions)):
+        assert [r["id"] for r in p] == [r["id"] for r in q]
+        assert [r["score"] for r in p] == pytest.approx([r["score"] for r in q], abs=1e-4)
 
 
 def test_kb_commands(tiny_model, synth_config_path, tmp_path):
@@ -123,10 +259,20 @@ def test_kb_commands(tiny_model, synth_config_path, tmp_path):
     out = run("kb", "add", "--kb", str(tmp_path / "kb"), "--entities", str(tmp_path / "new.json"))
     assert out.returncode == 0, out.stderr
     assert "version 2, 49 entities" in out.stdout
+    (tmp_path / "change.json").write_text(json.dumps([{"id": "Qx", "description": "a percussion instrument"}]))
+    out = run("kb", "update", "--kb", str(tmp_path / "kb"), "--entities", str(tmp_path / "change.json"))
+    assert out.returncode == 0 and "version 3, 49 entities" in out.stdout, out.stderr
+    out = run("link", "--kb", str(tmp_path / "kb"), "--sentence", "a percussion instrument: the xylophone",
+              "--mention", "xylophone", "--top-k", "2")
+    assert out.returncode == 0 and "id" in out.stdout.splitlines()[0] and "Qx" in out.stdout, out.stderr
     out = run("kb", "remove", "--kb", str(tmp_path / "kb"), "--ids", "Qx", "Q1000")
-    assert out.returncode == 0 and "version 3, 47 entities" in out.stdout
+    assert out.returncode == 0 and "version 4, 47 entities" in out.stdout
     out = run("kb", "remove", "--kb", str(tmp_path / "kb"), "--ids", "Qx")
     assert out.returncode == 2 and "no entity with the id 'Qx'" in out.stderr
+    out = run("kb", "compact", "--kb", str(tmp_path / "kb"), "--no-progress")
+    assert out.returncode == 0 and "version 5, 47 entities" in out.stdout, out.stderr
+    out = run("kb", "upgrade", "--kb", str(tmp_path / "kb"), "--no-progress")
+    assert out.returncode == 2 and "already in format 2" in out.stderr
 
 
 # -- NIL ---------------------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def test_encode_kb_killed_at_random_moments_then_resumed_is_identical(tiny_model
     out = str(tmp_path / "kb")
     rng = random.Random(5)
     kills = 0
-    chunks = os.path.join(out + ".partial", "chunks")
+    chunks = os.path.join(out + ".partial", "done")
 
     def finished_chunks():
         return len([f for f in os.listdir(chunks) if not f.startswith(".")]) if os.path.isdir(chunks) else 0

@@ -91,8 +91,8 @@ def test_default_path_returns_true_scores_of_its_candidates(float32_linker, synt
         terms = _mention_terms(linker, synth_dataset, [m])
         exact = {r["index"]: r for r in linker.link_terms(terms, top_k=48, exact=True)["results"]}
         fast = linker.link_terms(terms, top_k=5)["results"]  # 8 candidates of 48 entities
-        _, candidates = linker.searcher.index.search(linker.searcher._query_vector(terms), 8)
-        assert {r["index"] for r in fast} <= set(candidates[0].tolist())
+        candidates = linker.searcher.candidates_for(terms, 8)
+        assert {r["index"] for r in fast} <= set(candidates.tolist())
         assert [r["score"] for r in fast] == sorted((r["score"] for r in fast), reverse=True)
         for r in fast:
             for key in ("score", "s_t", "s_v", "s_c", "s_t_g2l"):
@@ -144,8 +144,8 @@ def test_encode_kb_and_link_commands(synth_config_path, tiny_clip, tmp_path):
     assert single.returncode == 0, single.stderr
     rows = json.loads(single.stdout)["results"]
     assert [r["rank"] for r in rows] == [1, 2, 3]
-    assert set(rows[0]) == {"rank", "index", "qid", "name", "score", "s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m",
-                            "s_v_m2e", "s_c"}
+    assert set(rows[0]) == {"rank", "index", "id", "qid", "name", "score", "s_t", "s_t_g2g", "s_t_g2l", "s_v",
+                            "s_v_e2m", "s_v_m2e", "s_c"}
     (tmp_path / "q.jsonl").write_text('{"id": "a", "sentence": "the red falcon in lima", "mention": "falcon", "image": null}\n'
                                       '{"id": "b", "sentence": "a river in oslo", "mention": "river"}\n')
     many = run("link", "--kb", str(tmp_path / "kb"), "--queries", str(tmp_path / "q.jsonl"), "--out",

@@ -1,0 +1,131 @@
+"""How a store keeps each entity-side term on disk: one codec per term, chosen by the store's precision.
+
+Codecs (per entity; a "row" is the last axis, e.g. one token of tglu.query):
+    float32    exact
+    float24    float32 without the last byte of its mantissa (rounded), kept as a bfloat16 plane and a
+               byte plane so decoding is two shifts: relative error ≤ 2⁻¹⁶ per value
+    float16    half the bytes; relative error ≤ 2⁻¹¹ per value
+    affine8    uint8 codes + per-row minimum and step (float16): x ≈ lo + code · step
+    affine4    the same with 4-bit codes, two per byte
+
+Precisions (bytes per entity at the real dimensions, 40 text tokens, 50 image tokens, 96-d units):
+    compact  (default)  tglu.query affine4 (2,080), cmfu.alpha affine8 (54), vdlu.e2m.q / vdlu.m2e.k /
+                        vdlu.m2e.p float16 (576); tglu.t_g, tglu.cls, cmfu.f float24 (2,112):    4,822 B
+    mixed    (format 1) tglu.query and cmfu.alpha float16, the rest float32:                     11,748 B
+    float32             every term exact:                                                        19,528 B
+
+Why this split (measured on the linking benchmark's random weights at 20,000 entities, 200 queries,
+against float32; S has a standard deviation of 7.1 there):
+  - tglu.query is two thirds of the bytes but reaches S only through a softmax and a mean over 40
+    tokens, which average its rounding out: 4-bit codes change S by 4.4e-4 (standard deviation);
+  - tglu.t_g, tglu.cls and cmfu.f enter S through plain dot products, where rounding adds up
+    unaveraged: float16 for tglu.t_g alone changes S by 7.8e-4, int8 by 2.8e-2 (the top-10 then
+    differs from float32's on 29 % of queries), so they keep 24 bits (≈ 3e-5);
+  - vdlu.e2m.q, vdlu.m2e.k, vdlu.m2e.p pass through LayerNorms first: float16 costs 3.5e-4.
+  - cmfu.alpha is only drawn (the CMFU heatmap), never scored.
+`vdlu.e2m.q_norm` is not stored in format 2: it is layer_norm(vdlu.e2m.q), recomputed at query time
+(`DERIVED`). The README has the figures measured at scale.
+"""
+import warnings
+
+import numpy as np
+import torch
+
+PRECISIONS = {
+    "compact": {"tglu.query": "affine4", "cmfu.alpha": "affine8", "vdlu.e2m.q": "float16",
+                "vdlu.m2e.k": "float16", "vdlu.m2e.p": "float16", "tglu.t_g": "float24", "tglu.cls": "float24",
+                "cmfu.f": "float24"},
+    "mixed": {"tglu.query": "float16", "cmfu.alpha": "float16"},
+    "float32": {},
+}
+DEFAULT_PRECISION = "compact"
+DERIVED = ("vdlu.e2m.q_norm",)  # recomputed from vdlu.e2m.q by the matcher (see mimic/search.py)
+FLOAT16_MAX = 65504.0
+
+
+def codec_of(name: str, precision: str) -> str:
+    return PRECISIONS[precision].get(name, "float32")
+
+
+def files_of(name: str, codec: str) -> list:
+    """The array files (inside a segment's terms/) that hold one term."""
+    if codec.startswith("affine"):
+        return [f"{name}.npy", f"{name}.lo.npy", f"{name}.step.npy"]
+    return [f"{name}.npy", f"{name}.lo.npy"] if codec == "float24" else [f"{name}.npy"]
+
+
+def stored_shapes(codec: str, shape: tuple) -> list:
+    """Per-entity (shape, dtype) of each file of a term whose values have per-entity `shape`."""
+    rows = tuple(shape[:-1])
+    if codec == "affine4":
+        return [(rows + ((shape[-1] + 1) // 2,), np.uint8), (rows, np.float16), (rows, np.float16)]
+    if codec == "affine8":
+        return [(tuple(shape), np.uint8), (rows, np.float16), (rows, np.float16)]
+    if codec == "float24":
+        return [(tuple(shape), np.uint16), (tuple(shape), np.uint8)]
+    return [(tuple(shape), np.float16 if codec == "float16" else np.float32)]
+
+
+def bytes_per_entity(codec: str, shape: tuple) -> int:
+    return sum(int(np.prod(s)) * np.dtype(t).itemsize for s, t in stored_shapes(codec, shape))
+
+
+class CodecError(ValueError):
+    """Values a codec cannot hold (e.g. beyond float16's range)."""
+
+
+def encode(codec: str, values: np.ndarray, name: str = "term") -> list:
+    """float values [n, ...] -> the arrays of `files_of` (same order)."""
+    values = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise CodecError(f"{name} has values that are not finite (NaN or infinite)")
+    if codec == "float32":
+        return [values]
+    if codec == "float16":
+        if np.abs(values).max(initial=0) > FLOAT16_MAX:
+            raise CodecError(f"{name} has values beyond float16's range; use --precision float32")
+        return [values.astype(np.float16)]
+    if codec == "float24":
+        rounded = values.view(np.uint32) + np.uint32(0x80)  # round to nearest on the dropped byte
+        return [(rounded >> 16).astype(np.uint16), ((rounded >> 8) & 0xFF).astype(np.uint8)]
+    levels = 15 if codec == "affine4" else 255
+    lo = values.min(axis=-1).astype(np.float16)
+    span = values.max(axis=-1) - lo.astype(np.float32)
+    step = (span / levels).astype(np.float16)
+    if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+        raise CodecError(f"{name} has values beyond float16's range; use --precision float32")
+    # codes are computed against the rounded lo and step, so decoding is consistent with them
+    safe = np.where(step > 0, step.astype(np.float32), 1.0)[..., None]
+    codes = np.clip(np.rint((values - lo.astype(np.float32)[..., None]) / safe), 0, levels).astype(np.uint8)
+    if codec == "affine4":
+        if codes.shape[-1] % 2:
+            codes = np.concatenate([codes, np.zeros(codes.shape[:-1] + (1,), np.uint8)], axis=-1)
+        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return [codes, lo, step]
+
+
+def decode(codec: str, arrays: list, width: int) -> np.ndarray:
+    """The arrays of one term (rows already selected) -> float32 values; `width` = the last axis."""
+    if codec in ("float32", "float16"):
+        return np.asarray(arrays[0], dtype=np.float32)
+    if codec == "float24":
+        high, low = arrays
+        out = np.zeros(high.shape, np.uint32)  # little-endian: byte 0 stays 0, byte 1 = low, bytes 2-3 = high
+        out.view(np.uint16)[..., 1::2] = high
+        out.view(np.uint8)[..., 1::4] = low
+        return out.view(np.float32)
+    codes, lo, step = (np.asarray(a) for a in arrays)
+    if codec == "affine4":
+        unpacked = np.empty(codes.shape[:-1] + (codes.shape[-1] * 2,), np.uint8)
+        unpacked[..., 0::2] = codes & 0x0F
+        unpacked[..., 1::2] = codes >> 4
+        codes = unpacked[..., :width]
+    return codes.astype(np.float32) * step.astype(np.float32)[..., None] + lo.astype(np.float32)[..., None]
+
+
+def to_tensor(values: np.ndarray) -> torch.Tensor:
+    """Decoded values as a float32 tensor, without a copy: a slice of a read-only memory map stays one
+    (nothing writes into terms, so PyTorch's warning about it is silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(values, dtype=np.float32))
