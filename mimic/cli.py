@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="O.jsonl", help="with --queries: where to write the results")
     p.add_argument("--top-k", type=int, default=10, help="how many entities to return")
     p.add_argument("--exact", action="store_true", help="exactly the exhaustive top-k (slower)")
-    p.add_argument("--candidates", type=int, default=1024,
-                   help="default path: entities retrieved by faiss, among which the exact top-k is found")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="default path: entities retrieved by faiss, among which the exact top-k is found "
+                        "(default: one per thousand entities, at least 256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (single mention)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

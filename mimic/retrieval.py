@@ -218,7 +218,11 @@ _POOLS = {}
 
 def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     """One pool per thread count, shared by every Retriever of the process (a linker that reloads
-    its store after each edit makes a new Retriever; its threads are not made again)."""
+    its store after each edit makes a new Retriever; its threads are not made again). Each thread
+    scans with one OpenMP thread: the parallelism is the parts, and idle OpenMP teams would otherwise
+    spin on the cores PyTorch needs next."""
     if threads not in _POOLS:
-        _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="retrieval")
+        _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="retrieval",
+                                                                initializer=faiss.omp_set_num_threads,
+                                                                initargs=(1,))
     return _POOLS[threads]

@@ -30,9 +30,10 @@ from .matcher import Matcher, Scores, flatten_terms, unflatten_terms
 from .retrieval import FLAT_LIMIT, VECTOR_TERMS, Retriever, Space, build, plan, unit_weights
 
 BOUND_MARGIN = 1e-4  # absolute slack on the stopping rule, far above float32 rounding of the scores
+FIRST_BLOCK = 32  # entities fully scored first: the top-10 is nearly always among the 32 best bounds
 MAX_BLOCK = 4096  # entities fully scored at once (the attention takes 6.4 kB each)
 SCAN_CHUNK = 16384  # entities per step of a pass over the whole KB
-DEFAULT_CANDIDATES = 1024
+DEFAULT_CANDIDATES = None  # chosen by KB size, see `candidate_count`
 SMALL_TERMS = VECTOR_TERMS  # what the cheap part and the bound need: everything but the tokens
 
 
@@ -70,6 +71,13 @@ class MemoryTerms:
                          np.zeros(0, np.int64), threads)
 
 
+def candidate_count(count: int) -> int:
+    """Candidates of the default path: one per thousand entities, at least 256. The exhaustive top-10 lies
+    within the first 40 (8-bit codes) or 64 (4-bit codes) of 200,000 random entities, about one per
+    three thousand: this keeps a margin of three (benchmarks/scale.py checks it up to a million)."""
+    return max(256, count // 1000)
+
+
 class Searcher:
     """Search over `source`: a KBStore (memory-mapped, its saved index) or a nested terms dict."""
 
@@ -77,7 +85,7 @@ class Searcher:
         self.matcher = matcher.eval()
         self.source = source if hasattr(source, "read_terms") else MemoryTerms(source)
         self.count = len(self.source)
-        self.candidates = candidates
+        self.candidates = candidates or candidate_count(self.count)
         self.w = unit_weights(matcher)
         self.retriever = self.source.retriever(self.matcher, threads)
         self.last_exact_evaluated = 0
@@ -123,14 +131,13 @@ class Searcher:
             empty = torch.zeros(1, 0)
             return torch.zeros(0, dtype=torch.long), Scores(*([empty] * 8))
         among = None if exact else self.candidates_for(mention, max(self.candidates, k))
-        found = self._best(mention, k, among)
-        return found, self.score(mention, found)
+        return self._best(mention, k, among)
 
     def _bound_basis(self, mention: dict) -> torch.Tensor:
         values = mention["tglu"]["value"][0]  # [L, d]
-        centred = values - values.mean(dim=1, keepdim=True)
-        basis, _ = torch.linalg.qr(centred.T)  # [d, min(L, d)], orthonormal
-        return basis
+        centred = (values - values.mean(dim=1, keepdim=True)).double().numpy()
+        basis, _ = np.linalg.qr(centred.T)  # [d, min(L, d)], orthonormal (numpy: no thread team for a 40x96 QR)
+        return torch.from_numpy(basis).float()
 
     def _g2l_bound(self, basis: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         ln = self.matcher.tglu.layer_norm
@@ -152,8 +159,9 @@ class Searcher:
         cheap = (self.w["tglu"] / 2 * g2g + self.w["vdlu"] * (e2m + m2e) / 2 + self.w["cmfu"] * s_c)[0]
         return cheap, cheap + self.w["tglu"] / 2 * self._g2l_bound(basis, e["tglu"]["cls"])
 
-    def _best(self, mention: dict, k: int, among: torch.Tensor = None) -> torch.Tensor:
-        """The exact top-k of the entities `among` (all of them when None), by bound-ordered scoring."""
+    def _best(self, mention: dict, k: int, among: torch.Tensor = None):
+        """The exact top-k of the entities `among` (all of them when None), by bound-ordered scoring:
+        (entity indices [k], their Scores [1, k]), best first."""
         basis = self._bound_basis(mention)
         if among is None:
             ids, cheap, bound = [], [], []
@@ -170,20 +178,23 @@ class Searcher:
             cheap, bound = self._cheap_and_bound(mention, basis, self._flat_terms(ids.numpy(), SMALL_TERMS))
         if self.w["tglu"] == 0:  # without TGLU the cheap part is the whole score
             self.last_exact_evaluated = 0
-            return self._top(ids, cheap, k)[0]
+            found = self._top(ids, cheap, k)[0]
+            return found, self.score(mention, found)
         order = torch.argsort(bound, descending=True)
-        best_index, best_s = torch.zeros(0, dtype=torch.long), torch.zeros(0)
-        start, block = 0, 256
+        best_index, best = torch.zeros(0, dtype=torch.long), None
+        start, block = 0, FIRST_BLOCK
         while start < len(ids):
             index = ids[order[start:start + block]]
-            s = self.score(mention, index).s[0]
-            best_index, kept = self._top(torch.cat([best_index, index]), torch.cat([best_s, s]), k)
-            best_s = torch.cat([best_s, s])[kept]
+            scores = self.score(mention, index)
+            if best is not None:
+                scores = Scores(*(torch.cat([a, b], dim=1) for a, b in zip(vars(best).values(), vars(scores).values())))
+            best_index, kept = self._top(torch.cat([best_index, index]), scores.s[0], k)
+            best = scores.take(kept)
             start += len(index)
             block = min(2 * block, MAX_BLOCK)
-            if start < len(ids) and len(best_s) == k:
-                kth = float(best_s[-1])
+            if start < len(ids) and len(best_index) == k:
+                kth = float(best.s[0, -1])
                 if kth > float(bound[order[start]]) + BOUND_MARGIN + 1e-6 * abs(kth):
                     break
         self.last_exact_evaluated = start  # how many entities needed the full score (for the benchmarks)
-        return best_index
+        return best_index, best

@@ -53,7 +53,7 @@ def _open_array(path: str, shape: tuple, dtype, mode="r"):
     if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
         raise StoreError(f"{path}: holds {list(array.shape)} {array.dtype}, expected {list(shape)} "
                          f"{np.dtype(dtype)}")
-    return array
+    return array if mode != "r" else np.asarray(array)  # a plain view of the map: indexing it costs less
 
 
 class Records:
