@@ -238,7 +238,8 @@ def main():
     p.add_argument("--entities", type=int, default=110_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--authors-queries", type=int, default=3, help="queries timed on the slow authors' path")
-    p.add_argument("--candidates", type=int, default=1024, help="faiss candidates of the default path")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="faiss candidates of the default path (default: by KB size)")
     p.add_argument("--precision", choices=["compact", "mixed", "float32"], default="compact")
     p.add_argument("--workdir", default="/tmp/mimic-linking-bench")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "linking.json"))

@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="entities per encoder batch (default: 64 on a CPU, 256 on a GPU)")
     p.add_argument("--autocast", choices=["auto", "none", "bf16", "fp16"], default="auto",
-                   help="run the encoder in bfloat16 or float16 where PyTorch deems it safe (auto: bf16 on a GPU "
-                        "that supports it, none on a CPU); the README gives its effect on S")
+                   help="run the encoder in float16 or bfloat16 where PyTorch deems it safe (auto: fp16 on a GPU, "
+                        "none on a CPU); the README gives their effect on S")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="entities per resumable chunk (an interruption loses at most one chunk)")
     p.add_argument("--precision", choices=["compact", "mixed", "float32"], default="compact",
@@ -314,7 +314,6 @@ def _parse_shard(text):
 
 
 def cmd_encode_kb(args):
-    import torch
     from .store import encode_store, merge_shards
     entities, folder, kb_fingerprint, config = _kb_source(args)
     missing = sum(1 for e in entities if e.images and not os.path.isfile(os.path.join(folder, e.images[0])))
@@ -329,8 +328,7 @@ def cmd_encode_kb(args):
         return
     shard = _parse_shard(args.shard) if args.shard else None
     gpu = next(model.parameters()).device.type == "cuda"
-    autocast = {"none": None, "auto": "bf16" if gpu and torch.cuda.is_bf16_supported() else None}.get(
-        args.autocast, args.autocast)
+    autocast = {"none": None, "auto": "fp16" if gpu else None}.get(args.autocast, args.autocast)
     source = {"checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
               "encoder": args.encoder or model.config.encoder, "init": args.init}
     encode_store(model, entities, folder, args.out, kb_fingerprint, batch_size=args.batch_size or (256 if gpu else 64),

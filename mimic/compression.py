@@ -31,6 +31,8 @@ import warnings
 import numpy as np
 import torch
 
+from .versions import StoreError
+
 PRECISIONS = {
     "compact": {"tglu.query": "affine4", "cmfu.alpha": "affine8", "vdlu.e2m.q": "float16",
                 "vdlu.m2e.k": "float16", "vdlu.m2e.p": "float16", "tglu.t_g": "float24", "tglu.cls": "float24",
@@ -70,7 +72,7 @@ def bytes_per_entity(codec: str, shape: tuple) -> int:
     return sum(int(np.prod(s)) * np.dtype(t).itemsize for s, t in stored_shapes(codec, shape))
 
 
-class CodecError(ValueError):
+class CodecError(StoreError):
     """Values a codec cannot hold (e.g. beyond float16's range)."""
 
 

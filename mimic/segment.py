@@ -18,6 +18,7 @@ import hashlib
 import json
 import mmap
 import os
+import threading
 
 import numpy as np
 
@@ -43,9 +44,20 @@ def _must_exist(path: str):
         raise FileNotFoundError(errno.ENOENT, "missing", path)
 
 
+_NPY_LOCK = threading.Lock()
+
+
+def load_npy(path: str, mmap_mode=None):
+    """np.load, one thread at a time: numpy parses .npy headers with `ast`, which CPython 3.11 before
+    3.11.8 cannot run in two threads at once (SystemError "AST constructor recursion depth mismatch"),
+    and a server reloads its store in one thread while another loads."""
+    with _NPY_LOCK:
+        return np.load(path, mmap_mode=mmap_mode)
+
+
 def _open_array(path: str, shape: tuple, dtype, mode="r"):
     try:
-        array = np.load(path, mmap_mode=mode)
+        array = load_npy(path, mmap_mode=mode)
     except FileNotFoundError:
         raise
     except (ValueError, EOFError, OSError) as e:
@@ -188,7 +200,9 @@ class SegmentWriter:
                 path = os.path.join(term_dir, file)
                 try:
                     if create or not os.path.exists(path):
-                        arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, *shape)))
+                        with _NPY_LOCK:
+                            arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
+                                                                    shape=(count, *shape)))
                         reserve(path)
                     else:
                         arrays.append(_open_array(path, (count, *shape), dtype, mode="r+"))

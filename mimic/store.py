@@ -41,7 +41,7 @@ from .fileio import atomic_file, make_dirs, write_json
 from .images import log_unusable
 from .matcher import flatten_terms
 from .processing import entity_text
-from .segment import Segment, SegmentWriter, write_records
+from .segment import Segment, SegmentWriter, load_npy, write_records
 from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class KBStore:
                     file = os.path.join(path, manifest["removed"]["file"])
                     if not os.path.exists(file):
                         raise FileNotFoundError(errno.ENOENT, "missing", file)
-                    removed = np.load(file).astype(np.int64)
+                    removed = load_npy(file).astype(np.int64)
         except (KeyError, TypeError, IndexError, ValueError) as e:
             if isinstance(e, StoreError):
                 raise
@@ -528,7 +528,7 @@ def _merge_chunks(works: list, sources: dict, ranges: list, folder: str, count: 
     writer = SegmentWriter(folder, count, spec, create=True)
     for chunk, (start, end) in enumerate(tqdm(ranges, desc="merge", unit="chunk", disable=not progress)):
         file = _chunk_file(sources[chunk], chunk)
-        with np.load(file) as z:
+        with load_npy(file) as z:
             for name, term in spec.items():
                 coded = [z[f"{name}#{i}"] for i in range(len(compression.files_of(name, term["codec"])))]
                 if len(coded[0]) != end - start:

@@ -110,6 +110,26 @@ def test_compact_precision_changes_scores_little(tmp_path, synth_dataset, tiny_m
     assert sizes["tglu.query"] == 40 * 48 + 40 * 4 and sizes["tglu.t_g"] == 3 * 64
 
 
+@pytest.mark.parametrize("codec,bound", [("float32", 0), ("float24", 2 ** -16), ("float16", 2 ** -11),
+                                         ("affine8", 0.5 / 255), ("affine4", 0.5 / 15)])
+def test_codecs_round_trip_within_their_bound_and_are_idempotent(codec, bound):
+    x = np.random.default_rng(0).standard_normal((50, 7, 33)).astype(np.float32) * 3
+    x[3, 2] = 1.5  # a constant row: its step is 0
+    coded = compression.encode(codec, x)
+    assert [a.shape[1:] for a in coded] == [s for s, _ in compression.stored_shapes(codec, (7, 33))]
+    decoded = compression.decode(codec, coded, 33)
+    if codec.startswith("affine"):  # half a step of each row's range (the range kept in float16)
+        span = x.max(-1, keepdims=True) - x.min(-1, keepdims=True)
+        assert (np.abs(decoded - x) <= bound * span * 1.01 + 1e-3).all()
+    else:
+        assert (np.abs(decoded - x) <= bound * np.abs(x) + 1e-30).all()
+    assert np.array_equal(decoded[3, 2], np.full(33, 1.5, np.float32))
+    recoded = compression.encode(codec, decoded)
+    assert all(np.array_equal(a, b) for a, b in zip(coded, recoded))  # compaction loses nothing
+    with pytest.raises(compression.CodecError, match="not finite"):
+        compression.encode(codec, np.array([[1.0, np.nan]], np.float32))
+
+
 def test_interrupted_then_resumed_encoding_is_identical(tmp_path, synth_dataset, tiny_model, reference_store,
                                                          monkeypatch):
     calls = {"n": 0}
