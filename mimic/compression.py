@@ -131,3 +131,11 @@ def to_tensor(values: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+
+def as_stored(name: str, values: np.ndarray, precision: str) -> np.ndarray:
+    """Float values of the term `name`, rounded as a store of `precision` keeps them (coded and decoded):
+    what an entity kept outside a store needs to score exactly as it would inside one."""
+    codec = codec_of(name, precision)
+    values = np.asarray(values, dtype=np.float32)
+    return decode(codec, encode(codec, values, name), values.shape[-1])
