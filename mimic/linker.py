@@ -1,4 +1,6 @@
 """Linking new mentions against a pre-encoded KB: the one API the CLI and the demo share."""
+import numbers
+import os
 import unicodedata
 from dataclasses import dataclass
 
@@ -10,6 +12,7 @@ from .matcher import select
 from .nil import is_nil
 from .loading import load_model
 from .processing import entity_text, mention_text
+from .relevance import explain_pair
 from .search import Searcher
 from .store import KBStore
 
@@ -50,6 +53,20 @@ def check_query(sentence, mention) -> tuple:
         shown = mention if len(mention) <= 60 else mention[:57] + "..."
         raise QueryError(f"The mention \"{shown}\" does not occur in the sentence; copy it from the sentence.")
     return sentence, mention
+
+
+def check_entity_index(index, count: int) -> int:
+    """-> the index as an int, or QueryError (a whole number from 0 to count - 1; 3.0 and "3" are fine)."""
+    shown = repr(index) if len(repr(index)) <= 40 else repr(index)[:37] + "..."
+    if isinstance(index, str) and len(index) <= 20 and index.strip().lstrip("-").isdigit():
+        index = int(index)
+    if isinstance(index, float) and index.is_integer():
+        index = int(index)
+    if not isinstance(index, numbers.Integral) or isinstance(index, bool):
+        raise QueryError(f"The entity index must be a whole number, got {shown}.")
+    if not 0 <= index < count:
+        raise QueryError(f"There is no entity {shown} in the KB (it has {count}; the first is 0).")
+    return int(index)
 
 
 def check_top_k(top_k, count: int) -> int:
@@ -133,20 +150,34 @@ class Linker:
             for i in range(len(batch)):
                 yield self.link_terms(select(terms, slice(i, i + 1)), top_k, exact)
 
-    @torch.no_grad()
-    def explain(self, sentence, mention, image, entity_index: int, mention_terms: dict = None) -> dict:
-        """The attention behind one (mention, entity) pair: TGLU token-to-token weights [L_E, L_M] with
-        the tokens, and the CMFU patch weights α of both images (CLS first, then 7x7 patches).
-        `mention_terms` (from `mention_terms`) spares encoding the mention again."""
+    def explain(self, sentence, mention, image, entity_index: int, mention_terms: dict = None,
+                relevance: bool = True) -> dict:
+        """The evidence behind one (mention, entity) pair.
+
+        Attention (what the units pooled): "attention", the TGLU token-to-token weights [L_E, L_M], with
+        "mention_tokens" and "entity_tokens"; "mention_alpha" and "entity_alpha", the CMFU patch weights α
+        of both images (CLS first, then the 7x7 patches). `mention_terms` (from `mention_terms`) spares
+        encoding the mention again.
+
+        Relevance (what moved the scores; mimic/relevance.py, skipped with relevance=False):
+        "mention_relevance" and "entity_relevance", each {"s", "s_t", "s_v", "s_c"} -> a patch grid (rows
+        of floats, higher = more of that score), or None for a side without an image; "token_relevance",
+        {"tokens", "s", "s_t"} over the mention's words; "scores", the pair's scores in that pass (the
+        entity is re-encoded from its record: they equal the linked scores unless its image changed)."""
         store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
-        if not 0 <= int(entity_index) < len(store):
-            raise QueryError(f"There is no entity {entity_index} in the KB (it has {len(store)}).")
-        m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
-        e = searcher.entity_terms(torch.tensor([int(entity_index)]))
-        meta = store.entities[int(entity_index)]
-        processor = self.model.processor
-        return {"attention": self.model.matcher.token_attention(m, e)[0, 0],
-                "mention_tokens": processor.tokens(mention_text(mention, sentence)),
-                "entity_tokens": processor.tokens(entity_text(meta.get("name", ""), meta.get("description", ""))),
-                "mention_alpha": m["cmfu"]["alpha"][0], "entity_alpha": e["cmfu"]["alpha"][0]}
+        index = check_entity_index(entity_index, len(store))
+        meta = store.entities[index]
+        text = entity_text(meta.get("name", ""), meta.get("description", ""))
+        with torch.no_grad():
+            m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
+            e = searcher.entity_terms(torch.tensor([index]))
+            processor = self.model.processor
+            out = {"attention": self.model.matcher.token_attention(m, e)[0, 0],
+                   "mention_tokens": processor.tokens(mention_text(mention, sentence)),
+                   "entity_tokens": processor.tokens(text),
+                   "mention_alpha": m["cmfu"]["alpha"][0], "entity_alpha": e["cmfu"]["alpha"][0]}
+        if relevance:
+            entity_image = os.path.join(store.path, meta["image"]) if meta.get("image") else None  # relative: in the store
+            out.update(explain_pair(self.model, mention_text(mention, sentence), image, text, entity_image))
+        return out

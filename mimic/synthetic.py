@@ -6,6 +6,11 @@
 `make_dataset` writes a dataset in the authors' layout (qid2id.json, kb_entity.json, splits, image
 folders, a YAML config) where linking needs both modalities: entities come in groups that share a
 name and differ in colour, which only the image (or an adjective in the sentence) reveals.
+
+With `pattern_region=True` each mention image shows the entity's coloured shape small, in one
+corner block of 3 x 3 patches chosen at random, among grey distractor shapes: the evidence sits in a
+known region, recorded in `mention_regions.json` ({mention id: [left, top, right, bottom]} in pixels
+of the 224 x 224 picture), which is what a relevance map should point at.
 """
 import json
 import os
@@ -60,9 +65,39 @@ def _draw(colour, shape, rng, jitter=0):
     return image
 
 
+REGION_PATCHES = 3  # side of the corner block that holds the pattern, in 32-px patches
+
+
+def _draw_in_region(colour, shape, rng):
+    """A 224 x 224 picture with the entity's shape in a random corner block of 3 x 3 patches and grey
+    distractors elsewhere -> (image, the block as [left, top, right, bottom] in pixels)."""
+    size, block = 224, REGION_PATCHES * 32
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    left, top = rng.choice([0, size - block]), rng.choice([0, size - block])
+    for _ in range(3):  # grey shapes outside the block carry no identity
+        while True:
+            x, y = rng.randrange(0, size - 48), rng.randrange(0, size - 48)
+            if x + 48 <= left or x >= left + block or y + 48 <= top or y >= top + block:
+                break
+        grey = rng.randrange(60, 200)
+        draw.rectangle((x, y, x + 48, y + 48), fill=(grey, grey, grey))
+    box = (left + 12, top + 12, left + block - 12, top + block - 12)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
+    noise = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
+    return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)), [left, top, left + block, top + block]
+
+
 def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int = 5, seed: int = 0,
-                 encoder: str = "openai/clip-vit-base-patch32", image_free_share: float = 0.1) -> str:
-    """Write a synthetic dataset in the authors' layout; return the path of its YAML config."""
+                 encoder: str = "openai/clip-vit-base-patch32", image_free_share: float = 0.1,
+                 pattern_region: bool = False) -> str:
+    """Write a synthetic dataset in the authors' layout; return the path of its YAML config.
+    pattern_region: mention images hold the entity's pattern in a known corner block (module docstring)."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(folder, "kb_image"), exist_ok=True)
     os.makedirs(os.path.join(folder, "mention_image"), exist_ok=True)
@@ -82,7 +117,7 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
                          "attr": f"a {colour} {shape} {noun} known from {place}.",
                          "image_list": [f"{qid}.jpg"] if has_image else [],
                          "_colour": colour, "_shape": shape, "_place": place, "_noun": noun})
-    mentions = []
+    mentions, regions = [], {}
     for entity in entities:
         for k in range(mentions_per_entity):
             mid = f"M{entity['id']}-{k}"
@@ -90,7 +125,10 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
             sentence = rng.choice(TEMPLATES).format(m=entity["_noun"], p=rng.choice(PLACES))
             if rng.random() < 0.2:
                 sentence = sentence.replace(entity["_noun"], f"{entity['_colour']} {entity['_noun']}", 1)
-            image = _draw(COLOURS[entity["_colour"]], entity["_shape"], rng, jitter=12)
+            if pattern_region:
+                image, regions[mid] = _draw_in_region(COLOURS[entity["_colour"]], entity["_shape"], rng)
+            else:
+                image = _draw(COLOURS[entity["_colour"]], entity["_shape"], rng, jitter=12)
             image.save(os.path.join(folder, "mention_image", f"{mid}.jpg"), quality=90)
             mentions.append({"id": mid, "sentence": sentence, "mentions": entity["_noun"],
                              "imgPath": f"{mid}.png", "answer": f"Q{1000 + entity['id']}"})
@@ -108,6 +146,9 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
     for name, rows in splits.items():
         with open(os.path.join(folder, f"SYNTH_{name}.json"), "w") as f:
             json.dump(rows, f, indent=1)
+    if pattern_region:
+        with open(os.path.join(folder, "mention_regions.json"), "w") as f:
+            json.dump(regions, f)
     config_path = os.path.join(folder, "synthetic.yaml")
     with open(config_path, "w") as f:
         f.write(SYNTH_CONFIG.format(num_entity=num_entities, encoder=encoder))
