@@ -140,7 +140,11 @@ def load_open_clip(spec: str, pretrained: bool = True, local_files_only: bool = 
     model = build(model_cfg, merge_preprocess_dict(PreprocessCfg(), tag_cfg))
     _check_towers(model, spec)
     if weights:
-        open_clip.load_checkpoint(model, weights, strict=True)
+        try:
+            open_clip.load_checkpoint(model, weights, strict=True)  # torch.load(weights_only=True) inside
+        except Exception as e:  # torch and open_clip raise many kinds; all mean "not these weights"
+            raise EncoderUnavailable(f"the weights of {spec} do not load into open_clip's {name} (a damaged file, or "
+                                     f"weights of another model): {str(e).splitlines()[0] if str(e) else e!r}") from e
     return model.eval()
 
 

@@ -259,3 +259,24 @@ def test_the_checkpoint_folder_brings_its_own_tokenizer(registered, tmp_path):
     assert torch.equal(loaded.processor(TEXTS[:2], [EXAMPLE_IMAGE, None])["input_ids"], batch["input_ids"])
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(batch).t_g, model.encode(batch).t_g, atol=1e-6, rtol=1e-5)
+
+
+def test_a_weights_file_that_is_not_one_is_refused(registered, tmp_path):
+    (tmp_path / "weights.pt").write_text("not weights")
+    with pytest.raises(EncoderUnavailable, match="do not load into open_clip's mimic-tiny-vit"):
+        MIMIC.from_encoder(MIMICConfig(encoder=f"open_clip:mimic-tiny-vit/{tmp_path / 'weights.pt'}"))
+    torch.save({"visual.proj": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(EncoderUnavailable, match="do not load into"):
+        MIMIC.from_encoder(MIMICConfig(encoder=f"open_clip:mimic-tiny-vit/{tmp_path / 'other.pt'}"))
+
+
+def test_the_demo_says_in_bold_that_an_untagged_open_clip_model_has_random_weights(registered, monkeypatch):
+    from demo import models
+    monkeypatch.setenv("MIMIC_ENCODER", "open_clip:mimic-tiny-vit")
+    monkeypatch.setenv("MIMIC_CHECKPOINT", "")
+    monkeypatch.setattr(models, "CHECKPOINTS", "/nonexistent")
+    loaded = models.load_demo_model()
+    assert loaded.stand_in and loaded.zero_shot
+    assert loaded.warnings == ["Random weights: 'open_clip:mimic-tiny-vit' names no pretrained weights, so the results "
+                               "are NOT meaningful. Add a pretrained tag, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k."]
+    assert loaded.model.config.encoder == "open_clip:mimic-tiny-vit"
