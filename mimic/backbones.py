@@ -8,8 +8,6 @@ Each family gives the CLIP module (pretrained, or its architecture at random), t
 the four features off it, the processor (tokenizer + image pipeline) it needs, and the architecture
 record a checkpoint keeps so that it loads with no hub.
 """
-import os
-
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
@@ -85,13 +83,4 @@ def same_backbone(recorded: str, requested: str) -> bool:
         from .open_clip_encoder import parse_spec
         return parse_spec(recorded)[0] == parse_spec(requested)[0]
     return True
-
-
-def describe(spec: str) -> str:
-    """One line for people: what this backbone is."""
-    if not is_open_clip(spec):
-        return f"CLIP {spec} (transformers)" if not os.path.isdir(spec) else f"CLIP from the folder {spec}"
-    from .open_clip_encoder import parse_spec
-    name, tag = parse_spec(spec)
-    return f"open_clip {name}, " + (f"pretrained weights {tag}" if tag else "random weights (no pretrained tag)")
 

@@ -36,21 +36,24 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from open_clip.transformer import text_global_pool
 from torch import nn
 
+from .backbones import OPEN_CLIP
 from .encoder import EncoderUnavailable, MIMICEncoder, unit
 from .images import ImagePipeline
 from .processing import Processor
 from .tokenizer import bundled_clip_tokenizer, load_tokenizer
 
-PREFIX = "open_clip:"
 OPENAI_VOCAB_SIZE = 49408
 PREPROCESS_FILE = "open_clip_preprocess.json"
 
 
 def parse_spec(spec: str) -> tuple:
     """"open_clip:ViT-B-32/laion2b_s34b_b79k" -> ("ViT-B-32", "laion2b_s34b_b79k"); no tag -> (name, None)."""
-    name, _, tag = spec[len(PREFIX):].partition("/")
+    name, _, tag = spec[len(OPEN_CLIP):].partition("/")
     if not name:
         raise EncoderUnavailable(f"{spec!r}: name an open_clip model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k")
+    if ":" in name:  # open_clip's own hf-hub: and local-dir: names fetch configs and weights in their own way
+        raise EncoderUnavailable(f"{spec!r}: use an open_clip model name and a pretrained tag, MODEL/PRETRAINED "
+                                 "(open_clip.list_pretrained()); hf-hub: and local-dir: names are not supported")
     return name, tag or None
 
 

@@ -94,7 +94,7 @@ def test_push_uploads_the_folder_that_loads_back_from_the_hub_cache(tiny_model, 
     cache = tmp_path / "hf-cache"
     into_hf_cache(uploaded, cache)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    assert resolve_checkpoint(REPO) == str(cache / f"models--alice--mimic-test" / "snapshots" / COMMIT)
+    assert resolve_checkpoint(REPO) == str(cache / "models--alice--mimic-test" / "snapshots" / COMMIT)
     downloaded = load_model(REPO, device="cpu")
     assert downloaded.config.metadata["nil"]["threshold"] == 0.25
     torch.testing.assert_close(scores(downloaded).s, scores(tiny_model).s, rtol=1e-6, atol=1e-4)

@@ -149,6 +149,8 @@ def test_a_tokenizer_that_cannot_be_built_offline_is_refused_before_any_model_is
     ("open_clip:ViT-Q-99", "open_clip has no model 'ViT-Q-99'"),
     ("open_clip:ViT-B-32/nope", "no pretrained weights 'nope' for ViT-B-32; its tags: openai, "),
     ("open_clip:", "name an open_clip model"),
+    ("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "hf-hub: and local-dir: names are not supported"),
+    ("open_clip:../../etc/passwd", "open_clip has no pretrained weights '../etc/passwd' for ..; its tags: none"),
     ("open_clip:ViT-B-32/laion2b_s34b_b79k", "could not load the pretrained weights open_clip:ViT-B-32/laion2b"),
 ])
 def test_what_cannot_be_a_backbone_is_refused_plainly(spec, message, monkeypatch):
