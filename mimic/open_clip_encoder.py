@@ -57,7 +57,7 @@ def parse_spec(spec: str) -> tuple:
     return name, tag or None
 
 
-def _unsupported(name: str, model_cfg: dict) -> str:
+def _unsupported(model_cfg: dict) -> str:
     """Why MIMIC cannot use this architecture ('' when it can)."""
     vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
     if isinstance(vision.get("layers"), (list, tuple)):
@@ -79,7 +79,7 @@ def model_config(name: str, tag_cfg: dict = None) -> dict:
     if model_cfg is None:
         raise EncoderUnavailable(f"open_clip has no model {name!r}; see open_clip.list_models() (e.g. ViT-B-32, "
                                  f"ViT-B-16, ViT-L-14)")
-    reason = _unsupported(name, model_cfg)
+    reason = _unsupported(model_cfg)
     if reason:
         raise EncoderUnavailable(f"open_clip:{name} cannot be a MIMIC backbone: {reason}")
     if (tag_cfg or {}).get("quick_gelu"):
