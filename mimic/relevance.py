@@ -68,13 +68,14 @@ class Trace:
 
 
 class TransformersCLIPTracer:
-    """The per-backbone part, for transformers' CLIPModel."""
+    """The per-backbone part, for the transformers CLIP encoder (mimic/encoder.py's CLIPEncoder)."""
 
-    def __init__(self, clip):
+    def __init__(self, encoder):
+        clip = encoder.clip
         vision, text = clip.vision_model, clip.text_model
         self.clip = clip
-        self.attention_layers = {"vision": [layer.self_attn for layer in vision.encoder.layers],
-                                 "text": [layer.self_attn for layer in text.encoder.layers]}
+        self.attention_layers = {"vision": [block.self_attn for block in encoder.vision_blocks],
+                                 "text": [block.self_attn for block in encoder.text_blocks]}
         # V_L and v_G both come from the vision encoder's output (before the post-LayerNorm); T_L and t_G
         # from the text tower's final LayerNorm.
         self.readout = {"vision": (vision.encoder, lambda out: out.last_hidden_state),
@@ -124,14 +125,12 @@ class TransformersCLIPTracer:
 
 
 def tracer_for(model):
-    """The tracer of the model's CLIP, or UnsupportedBackbone saying what is supported."""
-    from transformers import CLIPModel
-    clip = getattr(model.encoder, "clip", None)
-    if isinstance(clip, CLIPModel):
-        return TransformersCLIPTracer(clip)
-    kind = type(clip if clip is not None else model.encoder).__name__
-    raise UnsupportedBackbone(f"relevance maps are implemented for transformers' CLIPModel only; this model's "
-                              f"encoder is a {kind}")
+    """The tracer of the model's encoder, or UnsupportedBackbone saying what is supported."""
+    from .encoder import CLIPEncoder
+    if isinstance(model.encoder, CLIPEncoder):
+        return TransformersCLIPTracer(model.encoder)
+    raise UnsupportedBackbone(f"relevance maps are implemented for transformers' CLIP encoders only; this model's "
+                              f"encoder is a {type(model.encoder).__name__} ({model.config.encoder})")
 
 
 # -- the rule -------------------------------------------------------------------------------------

@@ -155,12 +155,17 @@ def test_zero_shot_readout_is_chefers_cls_row(tiny_clip, synth_dataset):
     torch.testing.assert_close(relevance["s"]["vision"], r[:, 0], rtol=1e-4, atol=1e-6)
 
 
-def test_unsupported_backbone_is_named(tiny_model):
-    class Other(torch.nn.Module):
-        pass
-    tiny_model.encoder.clip = Other()
-    with pytest.raises(UnsupportedBackbone, match="transformers' CLIPModel only; this model's encoder is a Other"):
-        tracer_for(tiny_model)
+def test_open_clip_backbones_are_refused_plainly(tmp_path, synth_dataset):
+    import open_clip
+    tiny = {"embed_dim": 64, "vision_cfg": {"image_size": 224, "layers": 1, "width": 48, "head_width": 24,
+                                            "patch_size": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "mimic-tiny-explain.json").write_text(json.dumps(tiny))
+    open_clip.add_model_config(str(tmp_path / "mimic-tiny-explain.json"))
+    model = MIMIC.from_encoder(MIMICConfig(encoder="open_clip:mimic-tiny-explain")).eval()
+    with pytest.raises(UnsupportedBackbone, match=r"transformers' CLIP encoders only; this model's encoder is a "
+                                                  r"OpenCLIPEncoder \(open_clip:mimic-tiny-explain\)"):
+        explain_pair(model, *_pair(synth_dataset))
 
 
 def test_token_spans_find_each_word_in_the_text():
