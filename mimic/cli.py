@@ -466,7 +466,7 @@ def cmd_explain(args):
     from .fileio import atomic_file, make_dirs, write_json
     from .images import ImageError, open_image
     from .linker import Linker
-    from .overlay import overlay, overlay_grid
+    from .heatmap import overlay, overlay_grid
     from .relevance import UnsupportedBackbone
     from .store import KBStore
     store = KBStore.load(args.kb)
