@@ -149,14 +149,32 @@ def main():
     parser.add_argument("--queries", type=int, default=24, help="test mentions per model")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the region model")
     parser.add_argument("--runs", type=int, default=10, help="timed explanations with full-size ViT-B/32")
+    parser.add_argument("--only", choices=["cost", "deletion"], help="run one part (the JSON keeps the other's "
+                                                                     "last figures)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    path = os.path.join(ROOT, "benchmarks", "results", "faithfulness.json")
+    results = json.load(open(path)) if args.only and os.path.exists(path) else {}
+    if args.only != "deletion":
+        results["cost_vit_b32"] = cost(args.runs)
+        print(json.dumps(results["cost_vit_b32"], indent=1), flush=True)
+    if args.only != "cost":
+        results.update(deletion_figures(args))
+        print(table(results))
+        trained = results["tiny CLIP trained, region"]
+        print(f"trained tiny model (H@1 {trained['test_hits@1']:.2f}): share of the mention image's relevance "
+              f"inside the pattern's block (18 % by chance): " + ", ".join(
+                  f"{k.upper()} {100 * v:.0f} %" for k, v in trained["share_inside_region"].items())
+              + f"; most relevant patch inside: {100 * trained['most_relevant_patch_inside']:.0f} %")
+    write_json(path, results)
+
+
+def deletion_figures(args) -> dict:
     work = tempfile.mkdtemp(prefix="mimic-faithfulness-")
-    results = {"cost_vit_b32": cost(args.runs)}
-    print(json.dumps(results["cost_vit_b32"], indent=1), flush=True)
     clip = make_tiny_clip(os.path.join(work, "tiny_clip"), seed=0)
     dataset = Dataset(load_config(make_dataset(os.path.join(work, "synth"), encoder=clip)))
     items = queries(dataset, args.queries)
+    results = {}
     for init in ("random", "zero-shot"):
         model = MIMIC.from_encoder(MIMICConfig(encoder=clip), seed=1).eval()
         if init == "zero-shot":
@@ -164,15 +182,9 @@ def main():
         results[f"tiny random CLIP, {init}"] = faithfulness(model, items)
         print(table({init: results[f"tiny random CLIP, {init}"]}), flush=True)
     model, region_data, regions, metrics = train_region_model(work, clip, args.epochs)
-    trained = faithfulness(model, queries(region_data, args.queries), regions=regions)
-    trained["test_hits@1"] = metrics["hits@1"]
-    results["tiny CLIP trained, region"] = trained
-    print(table(results))
-    print(f"trained tiny model (H@1 {metrics['hits@1']:.2f}): share of the mention image's relevance inside the "
-          f"pattern's block (18 % by chance): " + ", ".join(f"{k.upper()} {100 * v:.0f} %" for k, v in
-                                                             trained["share_inside_region"].items())
-          + f"; most relevant patch inside: {100 * trained['most_relevant_patch_inside']:.0f} %")
-    write_json(os.path.join(ROOT, "benchmarks", "results", "faithfulness.json"), results)
+    results["tiny CLIP trained, region"] = faithfulness(model, queries(region_data, args.queries), regions=regions)
+    results["tiny CLIP trained, region"]["test_hits@1"] = metrics["hits@1"]
+    return results
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ import math
 
 import numpy as np
 from PIL import Image
-from plotly.colors import sample_colorscale
 
-_LUT = np.array([[int(v) for v in c[4:-1].split(",")] for c in sample_colorscale("Inferno", np.linspace(0, 1, 256))],
-                dtype=np.uint8)
+# The "inferno" colour scale (dark = little, bright yellow = much), as 10 stops linearly interpolated
+# into a 256-entry table.
+_INFERNO = ["000004", "1b0c41", "4a0c6b", "781c6d", "a52c60", "cf4446", "ed6925", "fb9b06", "f7d13d", "fcffa4"]
+_STOPS = np.array([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in _INFERNO], dtype=np.float64)
+_LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_STOPS)), _STOPS[:, c]) for c in range(3)],
+                axis=1).round().astype(np.uint8)
 
 
 def patch_grid(alpha) -> np.ndarray:
