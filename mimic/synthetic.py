@@ -47,22 +47,26 @@ def make_tiny_clip(folder: str, seed: int = 0, projection_dim: int = 64) -> str:
     return folder
 
 
-def _draw(colour, shape, rng, jitter=0):
-    """A 224 x 224 picture: the entity's colour as a shape on a grey background, with optional noise."""
-    image = Image.new("RGB", (224, 224), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    dx, dy = (rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)) if jitter else (0, 0)
-    box = (40 + dx, 40 + dy, 184 + dx, 184 + dy)
+def _shape(draw, shape, box, colour):
     if shape == "circle":
         draw.ellipse(box, fill=colour)
     elif shape == "square":
         draw.rectangle(box, fill=colour)
     else:
         draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
-    if jitter:
-        noise = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
-        image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
-    return image
+
+
+def _brightness_jitter(image, rng):
+    shifted = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
+    return Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8))
+
+
+def _draw(colour, shape, rng, jitter=0):
+    """A 224 x 224 picture: the entity's colour as a shape on a grey background, with optional noise."""
+    image = Image.new("RGB", (224, 224), (128, 128, 128))
+    dx, dy = (rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)) if jitter else (0, 0)
+    _shape(ImageDraw.Draw(image), shape, (40 + dx, 40 + dy, 184 + dx, 184 + dy), colour)
+    return _brightness_jitter(image, rng) if jitter else image
 
 
 REGION_PATCHES = 3  # side of the corner block that holds the pattern, in 32-px patches
@@ -82,15 +86,8 @@ def _draw_in_region(colour, shape, rng):
                 break
         grey = rng.randrange(60, 200)
         draw.rectangle((x, y, x + 48, y + 48), fill=(grey, grey, grey))
-    box = (left + 12, top + 12, left + block - 12, top + block - 12)
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
-    noise = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
-    return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)), [left, top, left + block, top + block]
+    _shape(draw, shape, (left + 12, top + 12, left + block - 12, top + block - 12), colour)
+    return _brightness_jitter(image, rng), [left, top, left + block, top + block]
 
 
 def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int = 5, seed: int = 0,

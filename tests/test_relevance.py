@@ -9,15 +9,14 @@ import torch
 from PIL import Image
 
 from mimic.deletion import PairScorer, area, blanked, deletion, removal_orders
-from mimic.linker import Linker, QueryError
+from mimic.linker import QueryError
 from mimic.model import MIMIC, MIMICConfig
 from mimic.processing import entity_text, mention_text
 from mimic.relevance import (GRID_TARGETS, UnsupportedBackbone, explain_pair, relevance_pass, token_relevance,
                              token_spans, tracer_for)
-from mimic.store import KBStore, encode_store
-from mimic.fingerprint import file_fingerprint
 from mimic.zeroshot import zero_shot_init
 from tests.conftest import EXAMPLE_IMAGE
+from tests.test_search import float32_linker  # noqa: F401  (a fixture: a store in float32)
 
 
 def chefer_loop(attentions, grads, states, state_grads):
@@ -180,15 +179,6 @@ def test_token_spans_find_each_word_in_the_text():
 
 
 # -- through the linker: stored scores reproduced -----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def float32_linker(tmp_path_factory, tiny_clip, synth_dataset):
-    model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=1).eval()
-    out = str(tmp_path_factory.mktemp("explain") / "kb")
-    encode_store(model, synth_dataset.entities, synth_dataset.kb_images, out,
-                 file_fingerprint(synth_dataset.config.data.entity), precision="float32", progress=False)
-    return Linker(model, KBStore.load(out))
-
 
 def test_linker_explain_reproduces_the_stored_scores(float32_linker, synth_dataset):
     mention = synth_dataset.split("test")[1]
