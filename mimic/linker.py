@@ -107,10 +107,11 @@ class Linker:
         return encode_batch(self.model, texts, [q.image for q in queries], "mention")
 
     @torch.no_grad()
-    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False) -> dict:
-        """-> {"nil": bool, "results": [{"rank", "index", "qid", "name", "score", "s_t", ...}]}"""
+    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False, extra=None) -> dict:
+        """-> {"nil": bool, "results": [{"rank", "index", "qid", "name", "score", "s_t", ...}]}
+        `extra`: an `Overlay` of entities kept beside the store, ranked together with it."""
         store, searcher = self._kb
-        k = check_top_k(top_k, len(store))
+        k = check_top_k(top_k, len(store) + (len(extra) if extra else 0))
         index, scores = searcher.search(mention, max(k, 2), exact)  # the margin rule needs a runner-up
         rows = []
         for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
@@ -118,12 +119,16 @@ class Linker:
             row = {"rank": rank, "index": i, "qid": meta.get("qid"), "name": meta.get("name"), "score": s}
             row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
             rows.append(row)
+        if extra:  # the store's top k and every overlay entity, by score (a tie keeps the KB's first)
+            rows = sorted(rows + extra.rows(self.model.matcher, mention), key=lambda r: -r["score"])[:max(k, 2)]
+            for rank, row in enumerate(rows, 1):
+                row["rank"] = rank
         return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}
 
-    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False) -> dict:
+    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False, extra=None) -> dict:
         """One mention -> {"nil", "results": ranked entities with every unit score}."""
         sentence, mention = check_query(sentence, mention)
-        return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact)
+        return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact, extra)
 
     def link_many(self, queries: list, top_k: int = 10, exact: bool = False, batch_size: int = 16):
         """Queries (already checked) -> one result per query, in order; mentions encoded in batches."""
@@ -134,17 +139,20 @@ class Linker:
                 yield self.link_terms(select(terms, slice(i, i + 1)), top_k, exact)
 
     @torch.no_grad()
-    def explain(self, sentence, mention, image, entity_index: int, mention_terms: dict = None) -> dict:
+    def explain(self, sentence, mention, image, entity_index, mention_terms: dict = None, extra=None) -> dict:
         """The attention behind one (mention, entity) pair: TGLU token-to-token weights [L_E, L_M] with
         the tokens, and the CMFU patch weights α of both images (CLS first, then 7x7 patches).
-        `mention_terms` (from `mention_terms`) spares encoding the mention again."""
+        `mention_terms` (from `mention_terms`) spares encoding the mention again. `entity_index` is a
+        KB index, or the id of an entity of the overlay `extra`."""
         store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
-        if not 0 <= int(entity_index) < len(store):
-            raise QueryError(f"There is no entity {entity_index} in the KB (it has {len(store)}).")
+        if extra is not None and extra.position(entity_index) is not None:
+            e, meta = extra.entity_terms(entity_index), extra.record(entity_index)
+        elif isinstance(entity_index, int) and 0 <= entity_index < len(store):
+            e, meta = searcher.entity_terms(torch.tensor([entity_index])), store.entities[entity_index]
+        else:
+            raise QueryError(f"There is no entity {str(entity_index)[:40]} in the KB (it has {len(store)}).")
         m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
-        e = searcher.entity_terms(torch.tensor([int(entity_index)]))
-        meta = store.entities[int(entity_index)]
         processor = self.model.processor
         return {"attention": self.model.matcher.token_attention(m, e)[0, 0],
                 "mention_tokens": processor.tokens(mention_text(mention, sentence)),
