@@ -138,12 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
                               'queries: one JSON object a line, {"id", "sentence", "mention", "image": path or null}'
                               " (paths relative to the queries file)\n"
                               'output: {"id", "nil", "results": [{"rank", "index", "qid", "name", "score", "s_t", '
-                              '"s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}')
+                              '"s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}\n'
+                              "--image of a missing or unreadable file is an error; in a queries file, a line whose "
+                              'image is missing is linked without it, marked "image_missing": true, and counted '
+                              "in the log")
     p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
     _model_options(p)
     p.add_argument("--sentence", help="the sentence the mention stands in")
     p.add_argument("--mention", help="the words of the sentence that name the entity")
-    p.add_argument("--image", metavar="P", help="the mention's image (optional)")
+    p.add_argument("--image", metavar="P", help="the mention's image (optional; a missing or unreadable file is an "
+                                                "error)")
     p.add_argument("--queries", metavar="Q.jsonl", help="many mentions, one JSON object a line")
     p.add_argument("--out", metavar="O.jsonl", help="with --queries: where to write the results")
     p.add_argument("--top-k", type=int, default=10, help="how many entities to return")
@@ -298,10 +302,11 @@ def cmd_encode_kb(args):
 
 
 def _read_queries(path):
+    """-> (queries, image_missing): a query whose image file is missing gets no image and a True flag."""
     from .data import DataError
     from .linker import Query, QueryError, check_query
     base = os.path.dirname(os.path.abspath(path))
-    queries = []
+    queries, image_missing, missing, with_image = [], [], [], 0
     try:
         lines = open(path, encoding="utf-8").read().splitlines()
     except FileNotFoundError:
@@ -324,9 +329,18 @@ def _read_queries(path):
         image = row.get("image")
         if image is not None and not isinstance(image, str):
             raise DataError(f"{path}: line {number} (id {row.get('id')!r}): 'image' must be a path or null")
-        queries.append(Query(sentence, mention, os.path.join(base, image) if image else None,
-                             row.get("id", number)))
-    return queries
+        image_path = os.path.join(base, image) if image else None
+        if image_path and not os.path.isfile(image_path):
+            missing.append(f"line {number}: {image}")
+            image_path = None
+        queries.append(Query(sentence, mention, image_path, row.get("id", number)))
+        image_missing.append(image_path is None and bool(image))
+        with_image += bool(image)
+    if missing:
+        logging.getLogger("mimic").warning("%d of %d query images are missing (first: %s): those mentions are linked "
+                                           "without an image, and their output lines say \"image_missing\": true",
+                                           len(missing), with_image, missing[0])
+    return queries, image_missing
 
 
 def _results_table(rows):
@@ -338,7 +352,9 @@ def _results_table(rows):
 
 def cmd_link(args):
     from tqdm.auto import tqdm
+    from .data import DataError
     from .fileio import write_jsonl
+    from .images import open_image
     from .linker import Linker
     from .store import KBStore
     single = args.sentence is not None or args.mention is not None
@@ -346,11 +362,14 @@ def cmd_link(args):
         raise SystemExit("error: give either --sentence and --mention, or --queries Q.jsonl --out O.jsonl")
     if args.queries and not args.out:
         raise SystemExit("error: --queries needs --out O.jsonl")
-    queries = _read_queries(args.queries) if args.queries else None
+    queries, image_missing = _read_queries(args.queries) if args.queries else (None, None)
+    if single and args.image and not os.path.isfile(args.image):
+        raise DataError(f"{args.image}: image file not found")
+    image = open_image(args.image) if single and args.image else None  # a damaged file is an error too
     store = KBStore.load(args.kb)
     linker = Linker(_store_model(args, store), store, candidates=args.candidates)
     if single:
-        result = linker.link(args.sentence, args.mention, args.image, args.top_k, args.exact)
+        result = linker.link(args.sentence, args.mention, image, args.top_k, args.exact)
         if args.json:
             print(json.dumps(result, ensure_ascii=False, indent=1))
         else:
@@ -360,12 +379,13 @@ def cmd_link(args):
         return
     bar = tqdm(total=len(queries), unit="query", desc="link", disable=args.no_progress)
     def results():
-        for query, result in zip(queries, linker.link_many(queries, args.top_k, args.exact)):
+        for query, missing, result in zip(queries, image_missing, linker.link_many(queries, args.top_k, args.exact)):
             bar.update(1)
-            yield {"id": query.id, **result}
+            yield {"id": query.id, **({"image_missing": True} if missing else {}), **result}
     write_jsonl(args.out, results())
     bar.close()
-    print(f"{len(queries)} results written to {args.out}")
+    missing = sum(image_missing)
+    print(f"{len(queries)} results written to {args.out}" + (f" ({missing} with a missing image)" if missing else ""))
 
 
 def _store_model(args, store):
