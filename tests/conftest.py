@@ -69,9 +69,10 @@ def free_port() -> int:
 
 def start_app(tmp_path, checkpoint=None, extra_env=None, timeout=180):
     port = free_port()
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the app's temporary files (Gradio's uploads included), for inspection
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "MIMIC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           **(extra_env or {})}
+           "GRADIO_TEMP_DIR": str(tmp_path / "tmp" / "gradio"), "TMPDIR": str(tmp_path / "tmp"), **(extra_env or {})}
     if checkpoint:
         env["MIMIC_CHECKPOINT"] = checkpoint
     log = open(tmp_path / f"app-{port}.log", "w")
