@@ -22,6 +22,7 @@ TABLE_HEADERS = ["Rank", "Image", "Entity", "Description", "S"]
 MAX_SENTENCE_CHARS = 100_000
 MAX_MENTION_CHARS = 1_000
 MAX_OCCURRENCES = 50  # occurrences of the mention offered in the chooser
+MAX_TOP_K = 20
 MAX_UPLOAD = "20mb"  # per file, refused by the server before it is stored
 DELETE_CACHE = (600, 3600)  # Gradio's temporary files: every 10 minutes, remove those older than an hour
 SESSION_MARK = " (added in this session)"
@@ -47,15 +48,45 @@ class ImageFile(gr.Image):
         return str(payload.path) if payload.path else None
 
 
-def check_lengths(**texts):
-    """Refuse, before any work, a text longer than its limit (the page's boxes say the same; a client
-    of the API, or of the page's own endpoints, can send anything)."""
-    for what, text in texts.items():
-        limit = LIMITS[what]
-        if text is not None and not isinstance(text, str):
-            raise gr.Error(f"The {what} must be text.")
-        if text and len(text) > limit:
-            raise gr.Error(f"The {what} is {len(text):,} characters long; the limit is {limit:,} characters.")
+class TopK(gr.Slider):
+    """Gradio's slider without its own range check on the server, which answers a bad value with a bare
+    HTTP 400 once a validator runs: `input_validator` checks the range instead and says so."""
+    is_template = True  # the page draws it with Gradio's slider widget
+
+    def preprocess(self, payload):
+        return payload
+
+
+def input_problem(what: str, value) -> str:
+    """What is wrong with `value` as the input `what` ("sentence", "mention", "name", "description" or
+    "top_k"), or "" when it is within its limits."""
+    if what == "top_k":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
+        return "" if ok and 1 <= value <= MAX_TOP_K else f"Top k must be a whole number from 1 to {MAX_TOP_K}."
+    limit = LIMITS[what]
+    if value is not None and not isinstance(value, str):
+        return f"The {what} must be text."
+    if value and len(value) > limit:
+        return f"The {what} is {len(value):,} characters long; the limit is {limit:,} characters."
+    return ""
+
+
+def check_inputs(**values):
+    """Refuse, before any work, an input past its limit (the page's boxes say the same; a client of the
+    API, or of the page's own endpoints, can send anything)."""
+    for what, value in values.items():
+        if input_problem(what, value):
+            raise gr.Error(input_problem(what, value))
+
+
+def input_validator(*names):
+    """A Gradio validator for a handler whose inputs are `names` (None: an input it does not check).
+    Gradio runs it when the request joins the queue, so a refusal comes at once, without waiting for
+    the model's turn; the handler checks again (check_inputs) should it be called another way."""
+    def validate(*values):
+        return [gr.validate(not input_problem(name, value), input_problem(name, value)) if name
+                else gr.validate(True, "") for name, value in zip(names, values)]
+    return validate
 
 
 def occurrences(sentence: str, mention: str, limit: int = MAX_OCCURRENCES) -> list:
@@ -68,7 +99,7 @@ def occurrences(sentence: str, mention: str, limit: int = MAX_OCCURRENCES) -> li
 
 def describe_mention(sentence: str, mention: str, chosen=0):
     """The sentence with the chosen occurrence of the mention highlighted, and the occurrence chooser."""
-    check_lengths(sentence=sentence, mention=mention)
+    check_inputs(sentence=sentence, mention=mention)
     spans = occurrences(sentence or "", mention or "")
     if not spans:
         note = [(sentence or "", None)] if sentence else []
@@ -137,7 +168,7 @@ class DemoApp:
     def _query(self, sentence, mention, image_path, top_k, request):
         """Checked inputs -> (result, upright image or None, the mention's terms, the session's overlay);
         every problem as a gr.Error."""
-        check_lengths(sentence=sentence, mention=mention)
+        check_inputs(sentence=sentence, mention=mention, top_k=top_k)
         linker = self._linker()
         image = None
         if image_path:
@@ -149,7 +180,7 @@ class DemoApp:
         try:
             sentence, mention = check_query(sentence, mention)
             terms = linker.mention_terms([Query(sentence, mention, image)])
-            result = linker.link_terms(terms, top_k, extra=overlay)
+            result = linker.link_terms(terms, int(top_k), extra=overlay)
         except QueryError as e:
             raise gr.Error(str(e))
         return result, image, terms, overlay
@@ -197,7 +228,7 @@ class DemoApp:
 
     def add_entity(self, name, description, image_path, request: gr.Request = None):
         """/add_entity: encode a new entity for this session only; it is linkable at once in this session."""
-        check_lengths(name=name, description=description)
+        check_inputs(name=name, description=description)
         linker = self._linker()
         image = None
         if image_path:
@@ -314,7 +345,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                                                show_legend=False, combine_adjacent=False)
                 image = ImageFile(label="Image", type="filepath", image_mode=None,
                                   sources=["upload", "clipboard", "webcam"], height=240)
-                top_k = gr.Slider(label="Top k", minimum=1, maximum=20, step=1, value=5)
+                top_k = TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5)
                 link = gr.Button("Link", variant="primary")
             with gr.Column(scale=3):
                 table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "html", "str", "str", "number"],
@@ -351,22 +382,25 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
 
         # the highlighted sentence and the occurrence chooser follow the two text boxes
         for box in (sentence, mention):
-            box.change(describe_mention, [sentence, mention], [highlight, occurrence], api_visibility="private")
+            box.change(describe_mention, [sentence, mention], [highlight, occurrence], api_visibility="private",
+                       validator=input_validator("sentence", "mention"))
         occurrence.input(describe_mention, [sentence, mention, occurrence], [highlight, occurrence],
-                         api_visibility="private")
+                         api_visibility="private", validator=input_validator("sentence", "mention", None))
         timer.tick(lambda: (app.status_markdown(), gr.Timer(active=not (app.kb.ready or app.kb.error))),
                    outputs=[status, timer], api_visibility="private")
         explain_outputs = [mention_map, entity_map, tokens, explain_note]
+        query_limits = input_validator("sentence", "mention", None, "top_k")
         gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
-              [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model").then(
+              [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model",
+              validator=query_limits).then(
             app.explain, [state, candidate], explain_outputs, api_visibility="private", concurrency_id="model")
         table.select(app.select_row, [state], [candidate], api_visibility="private")
         candidate.change(app.explain, [state, candidate], explain_outputs, api_visibility="private",
                          concurrency_id="model", trigger_mode="always_last")
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
-                         concurrency_id="model")
+                         concurrency_id="model", validator=query_limits)
         add_button.click(app.add_entity, [new_name, new_description, new_image], added, api_name="add_entity",
-                         concurrency_id="model").then(lambda r: markdown_literal(r["message"]) if r else "", added,
+                         concurrency_id="model", validator=input_validator("name", "description", None)).then(lambda r: markdown_literal(r["message"]) if r else "", added,
                                                       add_note, api_visibility="private")
         page.unload(app.end_session)  # the tab is closed: its entities are forgotten
     page.app_state = app
