@@ -2,7 +2,6 @@
 import html
 import io
 import os
-import shutil
 
 import gradio as gr
 import pytest
@@ -166,37 +165,27 @@ def test_link_api_explains_bad_input(app_server, sentence, mention, message):
         Client(url, verbose=False).predict(sentence, mention, None, 3, api_name="/link")
 
 
-def test_the_page_links_and_draws_every_panel(app_server):
+def test_the_page_links_and_draws_every_panel(app_server, browser_page):
     """Headless Chromium: type, upload, press Link; the ranked list, the chart and both heatmaps appear."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        if os.environ.get("MIMIC_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     url, _, _ = app_server
     os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(url)
-        page.get_by_label("Sentence").fill("A portrait of Hopper was unveiled at the gallery opening.")
-        page.get_by_label("Mention").fill("Hopper")
-        page.locator("input[type=file]").first.set_input_files(EXAMPLE_IMAGE)
-        page.get_by_role("button", name="Link", exact=True).click()
-        expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
-        top_name = page.locator("#verdict").inner_text().split("→")[1].split("(")[0].strip()
-        expect(page.locator("#ranked")).to_contain_text(top_name)
-        assert page.locator("#ranked [role=grid]").get_attribute("aria-rowcount") == "6"  # header + Top k = 5
-        expect(page.locator("#ranked img").first).to_be_visible()  # thumbnails
-        expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
-        expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)
-        expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
-        expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
-        page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
-        browser.close()
+    page = browser_page
+    page.goto(url)
+    page.get_by_label("Sentence").fill("A portrait of Hopper was unveiled at the gallery opening.")
+    page.get_by_label("Mention").fill("Hopper")
+    page.locator("input[type=file]").first.set_input_files(EXAMPLE_IMAGE)
+    page.get_by_role("button", name="Link", exact=True).click()
+    expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
+    top_name = page.locator("#verdict").inner_text().split("→")[1].split("(")[0].strip()
+    expect(page.locator("#ranked")).to_contain_text(top_name)
+    assert page.locator("#ranked [role=grid]").get_attribute("aria-rowcount") == "6"  # header + Top k = 5
+    expect(page.locator("#ranked img").first).to_be_visible()  # thumbnails
+    expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
+    expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
+    page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
 
 
 def test_without_pretrained_weights_the_page_says_so_plainly(tmp_path):

@@ -2,7 +2,6 @@
 one session, one browser tab another. Never written to the store or the cache, gone when the session
 ends, at most 20 a session. And what anyone types is shown as text."""
 import os
-import shutil
 import time
 
 import pytest
@@ -109,47 +108,37 @@ def test_text_from_an_added_entity_reaches_the_api_cleaned(app_server):
         client.predict("n" * 201, "", None, api_name="/add_entity")
 
 
-def test_the_page_shows_kb_and_visitor_text_as_text_and_inspects_session_entities(app_server):
+def test_the_page_shows_kb_and_visitor_text_as_text_and_inspects_session_entities(app_server, browser_page):
     """Headless Chromium: add an entity named with Markdown, HTML and URLs, link a query it ranks first
     for: no link or image to the attacker's site appears, no request goes there, the text shows as typed;
     "Inspect candidate" draws its attention like a KB entity's."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        if os.environ.get("MIMIC_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     url, _, _ = app_server
     shown_name = EVIL.replace("\u202e", " ")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        attacker = []
-        page.on("request", lambda request: attacker.append(request.url) if "evil.example" in request.url else None)
-        page.route("**/*evil.example*/**", lambda route: route.abort())
-        page.goto(url)
-        page.get_by_text("Add an entity (for this session only)").click()
-        page.get_by_label("Name").fill(EVIL)
-        page.get_by_label("Description", exact=True).fill("a phishing entity")
-        page.get_by_role("button", name="Add entity").click()
-        expect(page.get_by_text("for this session (1 of 20)")).to_be_visible(timeout=60_000)
-        page.get_by_label("Sentence").fill(shown_name + " a phishing entity")
-        page.get_by_label("Mention").fill(shown_name)
-        page.get_by_role("button", name="Link", exact=True).click()
-        expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
-        verdict = page.locator("#verdict").inner_text()
-        assert "[click](https://evil.example/phish)" in verdict and "<img src=https://evil.example/x.png>" in verdict
-        assert "(added in this session)" in verdict
-        expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
-        expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)  # inspected
-        expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
-        assert "no image" in page.locator("#entity-heatmap").inner_text()
-        assert "<img src=https://evil.example/x.png>" in page.locator("#ranked").inner_text()
-        assert "<img src=https://evil.example/x.png>" in page.locator("#scores").inner_text()
-        live = page.evaluate("""() => [...document.querySelectorAll('a, img, image, iframe, link, source')]
-            .map(e => ['href', 'xlink:href', 'src', 'srcset'].map(a => e.getAttribute(a) || '').join(' '))
-            .filter(v => v.includes('evil.example'))""")
-        assert live == [] and attacker == []
-        browser.close()
+    page = browser_page
+    attacker = []
+    page.on("request", lambda request: attacker.append(request.url) if "evil.example" in request.url else None)
+    page.route("**/*evil.example*/**", lambda route: route.abort())
+    page.goto(url)
+    page.get_by_text("Add an entity (for this session only)").click()
+    page.get_by_label("Name").fill(EVIL)
+    page.get_by_label("Description", exact=True).fill("a phishing entity")
+    page.get_by_role("button", name="Add entity").click()
+    expect(page.get_by_text("for this session (1 of 20)")).to_be_visible(timeout=60_000)
+    page.get_by_label("Sentence").fill(shown_name + " a phishing entity")
+    page.get_by_label("Mention").fill(shown_name)
+    page.get_by_role("button", name="Link", exact=True).click()
+    expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
+    verdict = page.locator("#verdict").inner_text()
+    assert "[click](https://evil.example/phish)" in verdict and "<img src=https://evil.example/x.png>" in verdict
+    assert "(added in this session)" in verdict
+    expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
+    expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)  # inspected
+    expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
+    assert "no image" in page.locator("#entity-heatmap").inner_text()
+    assert "<img src=https://evil.example/x.png>" in page.locator("#ranked").inner_text()
+    assert "<img src=https://evil.example/x.png>" in page.locator("#scores").inner_text()
+    live = page.evaluate("""() => [...document.querySelectorAll('a, img, image, iframe, link, source')]
+        .map(e => ['href', 'xlink:href', 'src', 'srcset'].map(a => e.getAttribute(a) || '').join(' '))
+        .filter(v => v.includes('evil.example'))""")
+    assert live == [] and attacker == []
