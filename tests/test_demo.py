@@ -13,7 +13,7 @@ from demo.kb import DemoKB
 from demo.models import LoadedModel, weights_fingerprint
 from demo.safe_text import markdown_literal, without_paths
 from demo.sessions import SessionEntities
-from demo.ui import describe_mention, occurrences, verdict_markdown
+from demo.ui import DELETE_CACHE, DemoApp, build_app, describe_mention, occurrences, verdict_markdown
 from mimic.linker import QueryError
 from mimic.overlay import OverlayFull
 from tests.conftest import EXAMPLE_IMAGE, ROOT
@@ -133,6 +133,21 @@ def test_session_entities_are_bounded_forgotten_and_keep_only_a_small_picture(ti
     assert sessions.overlay("a") is not None
     now[0] = 171.0
     assert sessions.overlay("a") is None and len(sessions) == 0 and sessions.entity_count() == 0
+
+
+def test_the_page_is_wired_for_public_use(tiny_model):
+    """Gradio cleans its temporary files, a closed tab ends its session, and every handler that reads a
+    text has a validator that refuses it before it is queued."""
+    class IdleKB(DemoKB):
+        def start(self):
+            return self  # the page is only built here, never served
+    loaded = LoadedModel(tiny_model, "trained checkpoint")
+    page = build_app(DemoApp(loaded, IdleKB(loaded)))
+    assert page.delete_cache == DELETE_CACHE and DELETE_CACHE[1] <= 3600
+    assert [fn.fn.__name__ for fn in page.fns.values() if any(t[1] == "unload" for t in fn.targets)] == ["end_session"]
+    texts = {block._id for block in page.blocks.values() if isinstance(block, gr.Textbox)}
+    readers = [fn for fn in page.fns.values() if {block._id for block in fn.inputs} & texts]
+    assert len(readers) == 6 and all(fn.validator is not None for fn in readers)
 
 
 # -- the served app ---------------------------------------------------------------------------------
