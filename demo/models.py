@@ -2,9 +2,10 @@
 
 MIMIC weights: MIMIC_CHECKPOINT (a local file or folder, or a Hugging Face Hub repo "owner/name" or
 file "owner/name/path/to/file.ckpt"), else the first checkpoint found in checkpoints/, else the
-zero-shot initialisation on the pretrained CLIP. The CLIP: MIMIC_ENCODER (hub id or local folder),
-default openai/clip-vit-base-patch32. When the pretrained CLIP cannot be loaded, the demo still starts
-on a stand-in of the same architecture with random weights, and says so.
+zero-shot initialisation on the pretrained CLIP. The CLIP: MIMIC_ENCODER (hub id, local folder or
+open_clip:MODEL/PRETRAINED), default openai/clip-vit-base-patch32. When the pretrained CLIP cannot be
+loaded, the demo still starts on a stand-in of the same architecture with random weights, and says so
+(as it does for open_clip:MODEL, which names no pretrained weights).
 """
 import hashlib
 import logging
@@ -15,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from mimic.backbones import has_pretrained_weights, is_open_clip
 from mimic.checkpoint import CheckpointError
 from mimic.encoder import DEFAULT_ENCODER, EncoderUnavailable
 from mimic.loading import load_model
@@ -62,7 +64,10 @@ def public_encoder_name(encoder: str) -> str:
 
 
 def backbone_name(model) -> str:
-    """e.g. "CLIP ViT-B/32 (openai/clip-vit-base-patch32)", from the weights' architecture."""
+    """e.g. "CLIP ViT-B/32 (openai/clip-vit-base-patch32)", from the weights' architecture; an open_clip
+    backbone by its open_clip names (public: local open_clip files are refused)."""
+    if is_open_clip(model.config.encoder):
+        return model.config.encoder
     vision = model.encoder.clip.config.vision_config
     shape = (vision.hidden_size, vision.num_hidden_layers, vision.patch_size)
     name = KNOWN_VITS.get(shape, f"ViT ({shape[1]} layers of width {shape[0]}, {shape[2]}-px patches)")
@@ -102,30 +107,13 @@ def find_checkpoint() -> str:
     return None
 
 
-def fetch_checkpoint(spec: str) -> str:
-    """A local path as it is; "owner/name" or "owner/name/file" from the Hugging Face Hub."""
-    if os.path.exists(spec):
-        return spec
-    parts = spec.strip("/").split("/")
-    if len(parts) < 2:
-        raise CheckpointError(f"{spec}: no such file or folder, and not a Hub repo id (owner/name)")
-    from huggingface_hub import hf_hub_download, snapshot_download
-    repo = "/".join(parts[:2])
-    try:
-        if len(parts) == 2:
-            return snapshot_download(repo)
-        return hf_hub_download(repo, "/".join(parts[2:]))
-    except Exception as e:  # the hub client raises many kinds; all mean "not available here"
-        raise CheckpointError(f"could not download {spec} from the Hugging Face Hub: {e}")
-
-
 def load_demo_model(device: str = "cpu") -> LoadedModel:
     encoder = os.environ.get("MIMIC_ENCODER") or DEFAULT_ENCODER
     warnings = []
     spec = find_checkpoint()
     if spec:
         try:
-            model = load_model(fetch_checkpoint(spec), encoder=os.environ.get("MIMIC_ENCODER"), device=device)
+            model = load_model(spec, encoder=os.environ.get("MIMIC_ENCODER"), device=device)
             log.info("serving the checkpoint %s", spec)
             return LoadedModel(model, "trained checkpoint")
         except Exception as e:  # a damaged checkpoint must not take the demo down: zero-shot runs instead
@@ -138,6 +126,10 @@ def load_demo_model(device: str = "cpu") -> LoadedModel:
     offline = not local and not hub_reachable()
     try:
         model = load_model(None, encoder, "zero-shot", device, local_files_only=offline)
+        if not has_pretrained_weights(encoder):  # open_clip:MODEL without a tag: the architecture at random
+            warnings.append(f"Random weights: '{encoder}' names no pretrained weights, so the results are NOT "
+                            "meaningful. Add a pretrained tag, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k.")
+            return LoadedModel(model, "stand-in", warnings, zero_shot=True, stand_in=True)
         return LoadedModel(model, "zero-shot", warnings, zero_shot=True)
     except EncoderUnavailable as e:
         log.warning("%s", e)
