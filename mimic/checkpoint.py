@@ -134,6 +134,7 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     if isinstance(hparams, dict) and isinstance(hparams.get("mimic_el"), dict):  # written by our trainer
         own = hparams["mimic_el"]
         config.units = tuple(own.get("units", config.units))
+        config.image_mode = own.get("image_mode", config.image_mode)
         config.metadata = dict(own.get("metadata", {}))
     if os.path.isfile(_nil_sidecar(path)):
         with open(_nil_sidecar(path), encoding="utf-8") as f:
@@ -177,7 +178,7 @@ def load_own_checkpoint(folder: str) -> MIMIC:
         raise CheckpointError(f"{folder}: {WEIGHTS} is missing")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{os.path.join(folder, WEIGHTS)}: damaged or truncated weights file ({e})")
-    model = MIMIC(config, clip, Processor.for_encoder(folder, config.text_max_length))
+    model = MIMIC(config, clip, Processor.for_encoder(folder, config.text_max_length, config.image_mode))
     return check_and_load_state(model, state, folder).eval()
 
 
