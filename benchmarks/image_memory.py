@@ -1,6 +1,6 @@
 """Memory of one image through the pipeline: the peak RSS it adds, measured in a fresh process per image.
 
-    python benchmarks/image_memory.py            # about 1 minute; writes benchmarks/results/image_memory.json
+    python benchmarks/image_memory.py            # about 4 minutes; writes benchmarks/results/image_memory.json
     python benchmarks/image_memory.py --quick    # only the 16-bit 4000 x 4000 PNG of issue 10
 
 Each image is written once (small on disk: flat colours compress well), then a new Python process imports
@@ -76,6 +76,7 @@ def cases(folder: str, quick: bool) -> dict:
     save("rgba_8000.png", flat("RGBA", side, (200, 100, 50, 128)))
     save("palette_8000.png", flat("RGB", side, (200, 100, 50)).convert("P"))
     save("gray_8000.png", flat("L", side, 77))
+    save("rgb_4000.webp", flat("RGB", 4000, (200, 100, 50)), quality=80)  # WebP's cap is 16 MP
     return out
 
 

@@ -45,8 +45,9 @@ DECODE_BUDGET = 256 * 2**20  # bytes one image may take while it is decoded
 DECODE_BYTES_PER_PIXEL = {"WEBP": 16, "AVIF": 9, "JPEG2000": 19}
 REDUCED_SIDE = 3 * 224
 BAND_PIXELS = 1_000_000  # pixels converted at a time when a whole-image conversion would be too big
-# Modes Image.reduce takes without a full-size copy (it premultiplies LA and RGBA into a copy first).
-REDUCIBLE = ("L", "PA", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F")
+# Modes Image.reduce averages in place (it premultiplies LA and RGBA into a full-size copy first; palette
+# indices cannot be averaged).
+REDUCIBLE = ("L", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F")
 # EXIF orientation -> the transposition that makes the picture upright (the EXIF specification's table).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -151,7 +152,7 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         return _sixteen_to_eight(image)
     if image.mode == "1":
         return image.convert("L")
-    return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
 
 
 def _shrink(image: Image.Image, keep: int) -> Image.Image:
