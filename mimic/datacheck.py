@@ -23,6 +23,7 @@ from .images import inspect_image
 IMAGE_COUNTS = ("missing", "unreadable", "non_rgb", "rotated", "over_cap", "modes_differ")
 REFUSE_MISSING_SHARE = 0.5
 SAMPLE = 200  # missing names looked for in the neighbouring folders
+NEIGHBOURS = 100  # neighbouring folders looked in, at most
 
 
 @dataclass
@@ -70,11 +71,12 @@ def where_missing_images_are(folder: str, missing: list, key: str) -> str:
     names = [os.path.basename(p) for p in missing[:SAMPLE]]
     best, found = None, 0
     if names and os.path.isdir(parent):
-        for entry in sorted(os.scandir(parent), key=lambda e: e.name):
-            if entry.is_dir() and entry.name != configured:
-                count = sum(os.path.isfile(os.path.join(entry.path, n)) for n in names)
-                if count > found:
-                    best, found = entry.name, count
+        neighbours = sorted((e for e in os.scandir(parent) if e.is_dir() and e.name != configured),
+                            key=lambda e: e.name)
+        for entry in neighbours[:NEIGHBOURS]:
+            count = sum(os.path.isfile(os.path.join(entry.path, n)) for n in names)
+            if count > found:
+                best, found = entry.name, count
     absent = "" if os.path.isdir(folder) else f"the configured folder `{configured}/` does not exist; "
     if best:
         return (f"{absent}the folder `{best}/` exists beside the configured one `{configured}/` and holds "

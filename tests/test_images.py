@@ -152,6 +152,21 @@ def test_header_facts_predict_which_images_the_modes_treat_differently(kinds, pi
     assert not inspect_image(str(tmp_path / "junk.jpg")).readable
 
 
+def test_header_facts_of_hostile_files_cost_nothing_and_decode_catches_truncation(tmp_path, kinds):
+    import resource
+    from tests.test_robustness import png_bomb
+    png_bomb(tmp_path / "bomb.png", 30_000)  # 100 kB on disk, 900 MB decoded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    facts = inspect_image(str(tmp_path / "bomb.png"), decode=True)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kB: nothing was decoded
+    assert facts.readable and facts.over_cap and not facts.modes_differ  # zeros in both modes
+    data = open(kinds["rgb.jpg"], "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert inspect_image(str(tmp_path / "cut.jpg")).readable  # the header is whole
+    cut = inspect_image(str(tmp_path / "cut.jpg"), decode=True)
+    assert not cut.readable and "damaged or truncated" in cut.problem
+
+
 def test_large_images_are_reduced_while_decoding_without_visible_change(tmp_path, pipelines):
     default, _ = pipelines
     rng = np.random.default_rng(0)
