@@ -2,9 +2,10 @@
 
 MIMIC weights: MIMIC_CHECKPOINT (a local file or folder, or a Hugging Face Hub repo "owner/name" or
 file "owner/name/path/to/file.ckpt"), else the first checkpoint found in checkpoints/, else the
-zero-shot initialisation on the pretrained CLIP. The CLIP: MIMIC_ENCODER (hub id or local folder),
-default openai/clip-vit-base-patch32. When the pretrained CLIP cannot be loaded, the demo still starts
-on a stand-in of the same architecture with random weights, and says so.
+zero-shot initialisation on the pretrained CLIP. The CLIP: MIMIC_ENCODER (hub id, local folder or
+open_clip:MODEL/PRETRAINED), default openai/clip-vit-base-patch32. When the pretrained CLIP cannot be
+loaded, the demo still starts on a stand-in of the same architecture with random weights, and says so
+(as it does for open_clip:MODEL, which names no pretrained weights).
 """
 import logging
 import os
@@ -13,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from mimic.backbones import has_pretrained_weights
 from mimic.checkpoint import CheckpointError
 from mimic.encoder import DEFAULT_ENCODER, EncoderUnavailable
 from mimic.loading import load_model
@@ -65,30 +67,13 @@ def find_checkpoint() -> str:
     return None
 
 
-def fetch_checkpoint(spec: str) -> str:
-    """A local path as it is; "owner/name" or "owner/name/file" from the Hugging Face Hub."""
-    if os.path.exists(spec):
-        return spec
-    parts = spec.strip("/").split("/")
-    if len(parts) < 2:
-        raise CheckpointError(f"{spec}: no such file or folder, and not a Hub repo id (owner/name)")
-    from huggingface_hub import hf_hub_download, snapshot_download
-    repo = "/".join(parts[:2])
-    try:
-        if len(parts) == 2:
-            return snapshot_download(repo)
-        return hf_hub_download(repo, "/".join(parts[2:]))
-    except Exception as e:  # the hub client raises many kinds; all mean "not available here"
-        raise CheckpointError(f"could not download {spec} from the Hugging Face Hub: {e}")
-
-
 def load_demo_model(device: str = "cpu") -> LoadedModel:
     encoder = os.environ.get("MIMIC_ENCODER") or DEFAULT_ENCODER
     warnings = []
     spec = find_checkpoint()
     if spec:
         try:
-            model = load_model(fetch_checkpoint(spec), encoder=os.environ.get("MIMIC_ENCODER"), device=device)
+            model = load_model(spec, encoder=os.environ.get("MIMIC_ENCODER"), device=device)
             return LoadedModel(model, f"MIMIC checkpoint {spec} (encoder {model.config.encoder})")
         except (CheckpointError, EncoderUnavailable) as e:
             warnings.append(f"The checkpoint could not be loaded, so the zero-shot model runs instead: {e}")
@@ -96,6 +81,11 @@ def load_demo_model(device: str = "cpu") -> LoadedModel:
     offline = not local and not hub_reachable()
     try:
         model = load_model(None, encoder, "zero-shot", device, local_files_only=offline)
+        if not has_pretrained_weights(encoder):  # open_clip:MODEL without a tag: the architecture at random
+            warnings.append(f"Random weights: '{encoder}' names no pretrained weights, so the results are NOT "
+                            "meaningful. Add a pretrained tag, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k.")
+            return LoadedModel(model, f"{encoder} (random weights); {ZERO_SHOT_NOTE}", warnings, zero_shot=True,
+                               stand_in=True)
         return LoadedModel(model, f"CLIP {encoder} (pretrained); {ZERO_SHOT_NOTE}", warnings, zero_shot=True)
     except EncoderUnavailable as e:
         log.warning("%s", e)

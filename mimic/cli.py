@@ -24,6 +24,8 @@ examples:
   python -m mimic encode-kb --config configs/wikimel.yaml --checkpoint runs/WikiMEL/best --out kb/wikimel
   python -m mimic link --kb kb/wikimel --sentence "Hopper painted Nighthawks." --mention Hopper
   python -m mimic kb add --kb kb/wikimel --entities new_entities.json
+  python -m mimic push-to-hub runs/WikiMEL/best alice/mimic-wikimel
+  python -m mimic encode-kb --entities e.json --init zero-shot --encoder open_clip:ViT-B-32/laion2b_s34b_b79k --out kb/e
 without a trained checkpoint, '--init zero-shot' makes every unit a CLIP similarity.
 run 'python -m mimic <command> --help' for the options of a command."""
 
@@ -40,10 +42,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _model_options(p, checkpoint_required=False):
     p.add_argument("--checkpoint", required=checkpoint_required, metavar="K",
-                   help="trained weights: an authors' Lightning .ckpt file or a mimic-el checkpoint folder")
+                   help="trained weights: an authors' Lightning .ckpt file, a mimic-el checkpoint folder, or a "
+                        "Hugging Face Hub repo owner/name (or file owner/name/path.ckpt)")
     p.add_argument("--encoder", metavar="E", default=None,
-                   help="CLIP hub id or local folder (architecture, tokenizer, image processor); default: the "
-                        "checkpoint's own, else the config's pretrained_model, else openai/clip-vit-base-patch32")
+                   help="the CLIP backbone: a transformers hub id or local folder, or open_clip:MODEL/PRETRAINED "
+                        "(e.g. open_clip:ViT-B-32/laion2b_s34b_b79k; open_clip:MODEL alone = random weights); "
+                        "default: the checkpoint's own, else the config's pretrained_model, else "
+                        "openai/clip-vit-base-patch32. A checkpoint refuses another backbone than its own")
     p.add_argument("--init", choices=["zero-shot", "random"], default=None,
                    help="without --checkpoint: how to initialise the MIMIC layers on the pretrained CLIP "
                         "(zero-shot: every unit reduces to a CLIP similarity; random: untrained)")
@@ -61,8 +66,14 @@ def _allow_missing_images(p):
                         "become the zero image); without it the command refuses and says where they might be")
 
 
+def _prog() -> str:
+    """"mimic" when run as the console command, "python -m mimic" as a module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m mimic" if name in ("__main__.py", "-c", "") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mimic", description=DESCRIPTION, epilog=EPILOG,
+    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_Formatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -239,6 +250,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=43, help="chooses which mentions lose their gold entity")
     p.add_argument("--out", metavar="NIL.json", help="also write the rule and its report here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("push-to-hub", formatter_class=_Formatter, help="publish a checkpoint on the Hugging Face Hub",
+                       description="Upload a checkpoint as a Hugging Face Hub model repo: the self-contained mimic-el "
+                                   "folder (an authors' .ckpt is converted first) with a generated model card "
+                                   "(README.md: base model, tags, the datasets, metrics and training settings of the "
+                                   "run when the checkpoint sits in a training run's folder, the NIL rule, how to "
+                                   "load it). The repo is created when it does not exist. Log in first "
+                                   "(`hf auth login`) or set HF_TOKEN. Others then use it with --checkpoint "
+                                   "owner/name, MIMIC_CHECKPOINT=owner/name or Linker.open(kb, checkpoint=...).",
+                       epilog="examples:\n"
+                              "  mimic push-to-hub runs/WikiMEL/best alice/mimic-wikimel\n"
+                              "  mimic push-to-hub runs/WikiMEL/checkpoints/best.ckpt alice/mimic-wikimel --private\n"
+                              "  mimic push-to-hub runs/WikiMEL/best alice/mimic-wikimel --stage review/  # no upload")
+    p.add_argument("checkpoint", metavar="K", help="a mimic-el checkpoint folder or a Lightning .ckpt file")
+    p.add_argument("repo_id", metavar="owner/name", help="the Hub model repo to create or update")
+    p.add_argument("--private", action="store_true", help="create the repo private (applies when it is created)")
+    p.add_argument("--encoder", metavar="E", default=None,
+                   help="for a .ckpt that does not record its backbone: the CLIP it was trained on")
+    p.add_argument("--stage", metavar="DIR", default=None,
+                   help="write the folder that would be uploaded (with its model card) to DIR and stop, to review it")
     return parser
 
 
@@ -275,6 +306,7 @@ def cmd_train(args):
     model = load_model(args, config)
     model.config.units = tuple(units)
     model.matcher.units = tuple(units)
+    config.pretrained_model = model.config.encoder  # the run's checkpoints record their backbone
     result = train(model, config, resume=args.resume, progress=not args.no_progress,
                    allow_missing_images=args.allow_missing_images)
     print(f"best checkpoint: {result.get('best_model') or result['best_checkpoint']}")
@@ -359,7 +391,8 @@ def cmd_encode_kb(args):
         return
     shard = _parse_shard(args.shard) if args.shard else None
     model = load_model(args, config)
-    source = {"checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
+    local = args.checkpoint and os.path.exists(args.checkpoint)  # else a Hub name, kept as it is
+    source = {"checkpoint": os.path.abspath(args.checkpoint) if local else args.checkpoint,
               "encoder": args.encoder or model.config.encoder, "init": args.init,
               "image_mode": model.config.image_mode}
     if args.init:  # what it takes to build the same model again
@@ -513,8 +546,18 @@ def cmd_calibrate_nil(args):
           f"(without NIL: {100 * report['accuracy_without_nil']:.2f} %)")
 
 
+def cmd_push_to_hub(args):
+    from .hub import push_to_hub, stage
+    if args.stage:
+        stage(args.checkpoint, args.stage, args.repo_id, args.encoder)
+        print(f"staged in {args.stage} (README.md is the model card); nothing was uploaded")
+        return
+    url = push_to_hub(args.checkpoint, args.repo_id, private=args.private, encoder=args.encoder)
+    print(f"published: {url}")
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "encode-kb": cmd_encode_kb,
-            "link": cmd_link, "kb": cmd_kb, "calibrate-nil": cmd_calibrate_nil}
+            "link": cmd_link, "kb": cmd_kb, "calibrate-nil": cmd_calibrate_nil, "push-to-hub": cmd_push_to_hub}
 
 
 def main(argv=None):

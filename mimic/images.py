@@ -337,8 +337,15 @@ class ImagePipeline:
     def __init__(self, processor: CLIPImageProcessorPil, mode: str = "default"):
         self.processor = processor
         self.size = processor.crop_size["height"]
-        self.mode = check_image_mode(mode)
+        self.mode = "default"
+        self.set_mode(mode)
         self.unusable = []
+
+    def set_mode(self, mode: str):
+        if check_image_mode(mode) == "authors" and not isinstance(self.processor, CLIPImageProcessorPil):
+            raise ImageError("--image-mode authors reproduces the authors' transformers CLIP image processor; "
+                             "this backbone has its own image transform (use --image-mode default)")
+        self.mode = mode
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(3, self.size, self.size)

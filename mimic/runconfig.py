@@ -44,7 +44,9 @@ def model_widths(model) -> dict:
 
 def _text_positions(model):
     """How many tokens the text encoder takes (None when the backbone does not say)."""
-    clip = getattr(model.encoder, "clip", None)
+    clip = model.encoder.clip
+    if hasattr(clip, "open_clip_config"):
+        return clip.open_clip_config["model_cfg"]["text_cfg"].get("context_length", 77)
     text_config = getattr(getattr(clip, "config", None), "text_config", None)
     return getattr(text_config, "max_position_embeddings", None)
 

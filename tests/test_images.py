@@ -213,3 +213,13 @@ def test_memory_of_one_image_stays_bounded(tmp_path):
     for path, size in decoded.items():
         result = image_work_mb(path)
         assert not result["zeros"] and result["work_mb"] < size + 25, (path, result)
+
+
+def test_authors_mode_is_refused_for_a_backbone_with_its_own_image_transform():
+    from mimic.open_clip_encoder import ImageSettings, OpenCLIPImagePipeline
+    settings = ImageSettings({"size": 224, "mean": MEAN, "std": STD, "interpolation": "bicubic",
+                              "resize_mode": "shortest", "fill_color": 0})
+    pipeline = OpenCLIPImagePipeline(settings)
+    with pytest.raises(ImageError, match="--image-mode authors reproduces the authors' transformers CLIP image"):
+        pipeline.set_mode("authors")
+    assert pipeline.mode == "default"
