@@ -266,7 +266,8 @@ def test_training_twice_with_the_seed_gives_the_same_weights(synth_config_path, 
     mode is recorded in the checkpoint; --train-fraction says it is not the paper's subset."""
     states = []
     for run in ("a", "b"):
-        config = load_config(synth_config_path, [f"output_dir={tmp_path / run}", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+        config = load_config(synth_config_path, [f"output_dir={tmp_path / run}", "trainer.max_epochs=1",
+                                                 "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
                                                  "train_fraction=0.5", "data.test_file=null"])
         assert _trainer_kwargs(config)["deterministic"] is True
         model = load_model(encoder=tiny_clip, init="random", device="cpu", seed=config.seed, image_mode="authors")
