@@ -148,6 +148,7 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     if isinstance(hparams, dict) and isinstance(hparams.get("mimic_el"), dict):  # written by our trainer
         own = hparams["mimic_el"]
         config.units = tuple(own.get("units", config.units))
+        config.image_mode = own.get("image_mode", config.image_mode)
         config.metadata = dict(own.get("metadata", {}))
     if os.path.isfile(_nil_sidecar(path)):
         config.metadata["nil"] = read_nil_rule(_nil_sidecar(path))
