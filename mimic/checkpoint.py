@@ -148,10 +148,10 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     if isinstance(hparams, dict) and isinstance(hparams.get("mimic_el"), dict):  # written by our trainer
         own = hparams["mimic_el"]
         config.units = tuple(own.get("units", config.units))
+        config.image_mode = own.get("image_mode", config.image_mode)
         config.metadata = dict(own.get("metadata", {}))
     if os.path.isfile(_nil_sidecar(path)):
-        with open(_nil_sidecar(path), encoding="utf-8") as f:
-            config.metadata["nil"] = json.load(f)
+        config.metadata["nil"] = read_nil_rule(_nil_sidecar(path))
     model = MIMIC(config, load_backbone(encoder, pretrained=False))  # the architecture; the weights come from `state`
     return check_and_load_state(model, state, path).eval()
 
@@ -181,11 +181,28 @@ def load_own_checkpoint(folder: str, encoder: str = None) -> MIMIC:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path}: not a mimic-el checkpoint (format is {meta.get('format')!r})"
                               if isinstance(meta, dict) else f"{config_path}: not a mimic-el checkpoint")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{folder}: written by a newer mimic-el (format version {meta['version']})")
-    config = MIMICConfig.from_dict(meta["mimic"])
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{folder}: written by a newer mimic-el (format version {version!r})")
+    for key, what in (("mimic", "MIMIC settings"), ("clip", "CLIP architecture")):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{config_path}: the {what} (\"{key}\") are missing or not an object; the file "
+                                  "is damaged: save the checkpoint again")
+    try:
+        config = MIMICConfig.from_dict(meta["mimic"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: unusable settings ({type(e).__name__}: {e}); the file is damaged: "
+                              "save the checkpoint again")
     check_backbone(config.encoder, encoder, folder)
-    clip = from_architecture(dict(meta["clip"]))
+    try:
+        clip = from_architecture(dict(meta["clip"]))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: unusable CLIP architecture ({type(e).__name__}: {e}); the file is "
+                              "damaged: save the checkpoint again")
+    if not isinstance(config.metadata, dict):
+        raise CheckpointError(f"{config_path}: \"mimic\".\"metadata\" must be an object; the file is damaged")
+    if "nil" in config.metadata:
+        config.metadata["nil"] = check_nil_rule(config.metadata["nil"], f"{config_path}: the NIL rule")
     try:
         state = load_file(os.path.join(folder, WEIGHTS))
     except FileNotFoundError:
@@ -198,6 +215,35 @@ def load_own_checkpoint(folder: str, encoder: str = None) -> MIMIC:
 
 def _nil_sidecar(path: str) -> str:
     return path + ".nil.json"
+
+
+def check_nil_rule(rule, source: str) -> dict:
+    """A NIL rule as `calibrate-nil` stores it ({"feature": "score" or "margin", "threshold": number, ...}),
+    or CheckpointError naming `source`."""
+    from .nil import FEATURES
+    if not isinstance(rule, dict):
+        raise CheckpointError(f"{source}: expected a JSON object with \"feature\" and \"threshold\"; run "
+                              "calibrate-nil again")
+    if rule.get("feature") not in FEATURES:
+        raise CheckpointError(f"{source}: \"feature\" must be one of {', '.join(FEATURES)}, got "
+                              f"{str(rule.get('feature'))[:40]!r}; run calibrate-nil again")
+    threshold = rule.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
+        raise CheckpointError(f"{source}: \"threshold\" must be a number; run calibrate-nil again")
+    return rule
+
+
+def read_nil_rule(path: str) -> dict:
+    """The NIL rule stored beside a .ckpt file, checked."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rule = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); run calibrate-nil again, or delete the file to "
+                              "link without a NIL rule")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})")
+    return check_nil_rule(rule, path)
 
 
 def save_nil_rule(path: str, rule: dict) -> str:

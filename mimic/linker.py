@@ -56,16 +56,17 @@ def check_query(sentence, mention) -> tuple:
 
 
 def check_entity_index(index, count: int) -> int:
-    """-> the index as an int, or QueryError (a whole number from 0 to count - 1; 3.0 and "3" are fine)."""
-    shown = repr(index) if len(repr(index)) <= 40 else repr(index)[:37] + "..."
+    """-> the index as an int, or QueryError: a whole number from 0 to count - 1 (3.0 and "3" are fine)."""
     if isinstance(index, str) and len(index) <= 20 and index.strip().lstrip("-").isdigit():
         index = int(index)
     if isinstance(index, float) and index.is_integer():
         index = int(index)
-    if not isinstance(index, numbers.Integral) or isinstance(index, bool):
-        raise QueryError(f"The entity index must be a whole number, got {shown}.")
-    if not 0 <= index < count:
-        raise QueryError(f"There is no entity {shown} in the KB (it has {count}; the first is 0).")
+    if not isinstance(index, numbers.Integral) or isinstance(index, bool) or not 0 <= index < count:
+        try:
+            shown = str(index) if len(str(index)) <= 40 else str(index)[:37] + "..."
+        except ValueError:  # an integer too long to print
+            shown = "with so many digits"
+        raise QueryError(f"There is no entity {shown} in the KB (it has {count}: indices 0 to {count - 1}).")
     return int(index)
 
 
@@ -124,10 +125,11 @@ class Linker:
         return encode_batch(self.model, texts, [q.image for q in queries], "mention")
 
     @torch.no_grad()
-    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False) -> dict:
-        """-> {"nil": bool, "results": [{"rank", "index", "qid", "name", "score", "s_t", ...}]}"""
+    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False, extra=None) -> dict:
+        """-> {"nil": bool, "results": [{"rank", "index", "qid", "name", "score", "s_t", ...}]}
+        `extra`: an `Overlay` of entities kept beside the store, ranked together with it."""
         store, searcher = self._kb
-        k = check_top_k(top_k, len(store))
+        k = check_top_k(top_k, len(store) + (len(extra) if extra else 0))
         index, scores = searcher.search(mention, max(k, 2), exact)  # the margin rule needs a runner-up
         rows = []
         for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
@@ -135,12 +137,16 @@ class Linker:
             row = {"rank": rank, "index": i, "qid": meta.get("qid"), "name": meta.get("name"), "score": s}
             row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
             rows.append(row)
+        if extra:  # the store's top k and every overlay entity, by score (a tie keeps the KB's first)
+            rows = sorted(rows + extra.rows(self.model.matcher, mention), key=lambda r: -r["score"])[:max(k, 2)]
+            for rank, row in enumerate(rows, 1):
+                row["rank"] = rank
         return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}
 
-    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False) -> dict:
+    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False, extra=None) -> dict:
         """One mention -> {"nil", "results": ranked entities with every unit score}."""
         sentence, mention = check_query(sentence, mention)
-        return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact)
+        return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact, extra)
 
     def link_many(self, queries: list, top_k: int = 10, exact: bool = False, batch_size: int = 16):
         """Queries (already checked) -> one result per query, in order; mentions encoded in batches."""
@@ -150,9 +156,10 @@ class Linker:
             for i in range(len(batch)):
                 yield self.link_terms(select(terms, slice(i, i + 1)), top_k, exact)
 
-    def explain(self, sentence, mention, image, entity_index: int, mention_terms: dict = None,
+    def explain(self, sentence, mention, image, entity_index, mention_terms: dict = None, extra=None,
                 relevance: bool = True) -> dict:
-        """The evidence behind one (mention, entity) pair.
+        """The evidence behind one (mention, entity) pair. `entity_index` is a KB index, or the id of an
+        entity of the overlay `extra`.
 
         Attention (what the units pooled): "attention", the TGLU token-to-token weights [L_E, L_M], with
         "mention_tokens" and "entity_tokens"; "mention_alpha" and "entity_alpha", the CMFU patch weights α
@@ -162,22 +169,27 @@ class Linker:
         Relevance (what moved the scores; mimic/relevance.py, skipped with relevance=False):
         "mention_relevance" and "entity_relevance", each {"s", "s_t", "s_v", "s_c"} -> a patch grid (rows
         of floats, higher = more of that score), or None for a side without an image; "token_relevance",
-        {"tokens", "s", "s_t"} over the mention's words; "scores", the pair's scores in that pass (the
-        entity is re-encoded from its record: they equal the linked scores unless its image changed)."""
+        {"tokens", "s", "s_t"} over the mention's words; "scores", the pair's scores in that pass. The
+        entity is re-encoded from its record (the image: its "image" path, relative paths in the store's
+        folder, or the "picture" bytes an overlay record may keep), so the scores equal the linked ones
+        unless that image differs from the one encoded."""
         store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
-        index = check_entity_index(entity_index, len(store))
-        meta = store.entities[index]
+        if extra is not None and extra.position(entity_index) is not None:
+            e, meta = extra.entity_terms(entity_index), extra.record(entity_index)
+            entity_image = meta.get("picture")
+        else:
+            index = check_entity_index(entity_index, len(store))
+            e, meta = searcher.entity_terms(torch.tensor([index])), store.entities[index]
+            entity_image = os.path.join(store.path, meta["image"]) if meta.get("image") else None
         text = entity_text(meta.get("name", ""), meta.get("description", ""))
         with torch.no_grad():
             m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
-            e = searcher.entity_terms(torch.tensor([index]))
             processor = self.model.processor
             out = {"attention": self.model.matcher.token_attention(m, e)[0, 0],
                    "mention_tokens": processor.tokens(mention_text(mention, sentence)),
                    "entity_tokens": processor.tokens(text),
                    "mention_alpha": m["cmfu"]["alpha"][0], "entity_alpha": e["cmfu"]["alpha"][0]}
         if relevance:
-            entity_image = os.path.join(store.path, meta["image"]) if meta.get("image") else None  # relative: in the store
             out.update(explain_pair(self.model, mention_text(mention, sentence), image, text, entity_image))
         return out

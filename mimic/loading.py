@@ -11,10 +11,13 @@ INITS = ("zero-shot", "random")
 
 
 def load_model(checkpoint: str = None, encoder: str = None, init: str = None, device=None,
-               pretrained: bool = True, local_files_only: bool = False) -> MIMIC:
+               pretrained: bool = True, local_files_only: bool = False, seed: int = 0, sizes: dict = None,
+               image_mode: str = None) -> MIMIC:
     """A checkpoint (either format; a local path, or a Hugging Face Hub repo "owner/name" or file
     "owner/name/file.ckpt"), or, without one, MIMIC layers initialised by `init` on the backbone
-    `encoder` (pretrained, or its architecture at random with pretrained=False)."""
+    `encoder` (pretrained, or its architecture at random with pretrained=False), drawn from `seed`, with
+    `sizes` (MIMICConfig fields: dv, tglu_dim, ..., text_max_length). image_mode: "default" or
+    "authors" (default: the checkpoint's own)."""
     if checkpoint:
         if init:
             raise ValueError("--init applies only without a checkpoint")
@@ -22,11 +25,13 @@ def load_model(checkpoint: str = None, encoder: str = None, init: str = None, de
     else:
         if init not in INITS:
             raise ValueError(f"without a checkpoint, choose an initialisation: {' or '.join(INITS)}")
-        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER), pretrained=pretrained,
-                                   local_files_only=local_files_only)
+        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER, **(sizes or {})),
+                                   pretrained=pretrained, local_files_only=local_files_only, seed=seed)
         if init == "zero-shot":
             from .zeroshot import zero_shot_init
             zero_shot_init(model)
-        model.config.metadata = {**model.config.metadata, "init": init}
+        model.config.metadata = {**model.config.metadata, "init": init, "seed": seed}
+    if image_mode:
+        model.set_image_mode(image_mode)
     device = torch.device(device) if device else default_device()
     return model.to(device).eval()

@@ -19,6 +19,7 @@ class MIMICConfig:
     vdlu_dim: int = 96
     cmfu_dim: int = 96
     units: tuple = UNITS  # the units that make S (ablation: drop one)
+    image_mode: str = "default"  # "authors": their image pipeline, exactly (see mimic/images.py)
     metadata: dict = field(default_factory=dict)  # free-form: training run, NIL threshold, ...
 
     def to_dict(self) -> dict:
@@ -39,6 +40,7 @@ class MIMIC(nn.Module):
         super().__init__()
         self.config = config
         self.processor = processor or make_processor(config.encoder, clip, config.text_max_length)
+        self.processor.images.set_mode(config.image_mode)
         self.encoder = make_encoder(clip, config.dv, self.processor)
         self.matcher = Matcher(text_embed_dim=self.encoder.text_embed_dim, text_token_dim=self.encoder.text_token_dim,
                                dv=config.dv, tglu_dim=config.tglu_dim, vdlu_dim=config.vdlu_dim,
@@ -47,13 +49,24 @@ class MIMIC(nn.Module):
     @classmethod
     def from_encoder(cls, config: MIMICConfig = None, pretrained: bool = True, seed: int = 0,
                      local_files_only: bool = False) -> "MIMIC":
-        """A MIMIC on a (pretrained) CLIP, with freshly initialised MIMIC layers (seeded)."""
+        """A MIMIC on a (pretrained) CLIP, with freshly initialised MIMIC layers: drawn from `seed` right
+        before they are built (in the authors' order), whatever loading the CLIP did to the RNG."""
         config = config or MIMICConfig()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            clip = load_backbone(config.encoder, pretrained, local_files_only)
+            clip = load_backbone(config.encoder, pretrained, local_files_only)  # random weights: from the seed too
             processor = make_processor(config.encoder, clip, config.text_max_length, local_files_only=local_files_only)
+            torch.manual_seed(seed)  # the MIMIC layers: from the seed, whatever loading the backbone drew
             return cls(config, clip, processor)
+
+    def set_image_mode(self, mode: str):
+        """Switch the image pipeline ("default" or "authors"); recorded in the config, so in checkpoints."""
+        self.processor.images.set_mode(mode)
+        self.config.image_mode = mode
+
+    def set_text_max_length(self, length: int):
+        """Tokens per text (padding and truncation), recorded in the config."""
+        self.processor.max_length = self.config.text_max_length = length
 
     def encode(self, batch: dict) -> Features:
         return self.encoder(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])

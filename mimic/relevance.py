@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .images import ImageError, open_image
 
 UNIT_TARGETS = ("s_t", "s_v", "s_c")
 GRID_TARGETS = ("s", "s_t", "s_v", "s_c")
@@ -159,19 +158,10 @@ def _combine(matcher, per_unit: dict) -> list:
     return [matcher.combine(t, v, c) for t, v, c in zip(per_unit["s_t"], per_unit["s_v"], per_unit["s_c"])]
 
 
-def _usable_image(source):
-    """An upright RGB image, or None when there is none or it cannot be used (the model then sees zeros)."""
-    if source is None:
-        return None
-    try:
-        return open_image(source)
-    except ImageError:
-        return None
-
-
 def relevance_pass(model, texts: list, images: list, tracer=None) -> tuple:
-    """One forward pass of (mention, entity) with gradients: -> (Scores [1, 1], {target: {tower: [2, T]}}),
-    row 0 the mention, row 1 the entity. `images` must be PIL images or None."""
+    """One forward pass of (mention, entity) with gradients -> (Scores [1, 1], {target: {tower: [2, T]}}, the
+    model's inputs); row 0 the mention, row 1 the entity. `images`: paths, bytes, PIL images or None, read
+    by the model's own image pipeline (and image mode), as when linking."""
     tracer = tracer or tracer_for(model)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in model.processor(texts, images).items()}
@@ -228,11 +218,12 @@ def explain_pair(model, mention_text: str, mention_image, entity_text: str, enti
                                                  or None for a side without a usable image,
         "token_relevance": {"tokens": the mention's words as tokens, "s": [...], "s_t": [...]}}
     """
-    images = [_usable_image(mention_image), _usable_image(entity_image)]
-    scores, relevance, batch = relevance_pass(model, [mention_text, entity_text], images, tracer)
+    scores, relevance, batch = relevance_pass(model, [mention_text, entity_text], [mention_image, entity_image], tracer)
     out = {"scores": {k: float(getattr(scores, k).detach()) for k in GRID_TARGETS}}
-    for row, (side, image) in enumerate(zip(("mention_relevance", "entity_relevance"), images)):
-        out[side] = None if image is None else {k: _grid(relevance[k]["vision"][row]) for k in GRID_TARGETS}
+    for row, side in enumerate(("mention_relevance", "entity_relevance")):
+        # no image, or one the pipeline could not use, is the all-zero input: nothing to map
+        has_image = bool(batch["pixel_values"][row].abs().sum() > 0)
+        out[side] = {k: _grid(relevance[k]["vision"][row]) for k in GRID_TARGETS} if has_image else None
     words = word_positions(batch["attention_mask"][0])
     ids = batch["input_ids"][0, words].tolist()
     out["token_relevance"] = {"tokens": readable_tokens(model.processor.tokenizer, ids),

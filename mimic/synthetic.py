@@ -92,12 +92,15 @@ def _draw_in_region(colour, shape, rng):
 
 def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int = 5, seed: int = 0,
                  encoder: str = "openai/clip-vit-base-patch32", image_free_share: float = 0.1,
-                 pattern_region: bool = False) -> str:
+                 mention_image_dir: str = "mention_image", pattern_region: bool = False) -> str:
     """Write a synthetic dataset in the authors' layout; return the path of its YAML config.
+
+    mention_image_dir: the folder the mention images are written to; the config always says
+    `mention_image` (pass "mention_images" for the layout of the authors' RichpediaMEL archive).
     pattern_region: mention images hold the entity's pattern in a known corner block (module docstring)."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(folder, "kb_image"), exist_ok=True)
-    os.makedirs(os.path.join(folder, "mention_image"), exist_ok=True)
+    os.makedirs(os.path.join(folder, mention_image_dir), exist_ok=True)
     colours = list(COLOURS)
     entities, qid2id = [], {}
     for index in range(num_entities):
@@ -126,7 +129,7 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
                 image, regions[mid] = _draw_in_region(COLOURS[entity["_colour"]], entity["_shape"], rng)
             else:
                 image = _draw(COLOURS[entity["_colour"]], entity["_shape"], rng, jitter=12)
-            image.save(os.path.join(folder, "mention_image", f"{mid}.jpg"), quality=90)
+            image.save(os.path.join(folder, mention_image_dir, f"{mid}.jpg"), quality=90)
             mentions.append({"id": mid, "sentence": sentence, "mentions": entity["_noun"],
                              "imgPath": f"{mid}.png", "answer": f"Q{1000 + entity['id']}"})
     rng.shuffle(mentions)
@@ -148,8 +151,21 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
             json.dump(regions, f)
     config_path = os.path.join(folder, "synthetic.yaml")
     with open(config_path, "w") as f:
-        f.write(SYNTH_CONFIG.format(num_entity=num_entities, encoder=encoder))
+        f.write(SYNTH_CONFIG.format(num_entity=num_entities, encoder=encoder, **encoder_widths(encoder)))
     return config_path
+
+
+def encoder_widths(encoder: str) -> dict:
+    """The config's model widths for a CLIP: its own, or null (read from the model) where the authors' one
+    key stands for two widths that differ in this CLIP (text embedding and text tokens)."""
+    from .backbones import is_open_clip
+    from .encoder import clip_config
+    if is_open_clip(encoder):
+        return {"input_hidden_dim": "null", "dt": "null", "input_image_hidden_dim": "null"}
+    config = clip_config(encoder)
+    text, embed = config.text_config.hidden_size, config.projection_dim
+    shared = embed if text == embed else "null"
+    return {"input_hidden_dim": shared, "dt": shared, "input_image_hidden_dim": config.vision_config.hidden_size}
 
 
 SYNTH_CONFIG = """\
@@ -175,11 +191,11 @@ data:
   embed_update_batch_size: 64
 
 model:
-  input_hidden_dim: 512
-  input_image_hidden_dim: 768
+  input_hidden_dim: {input_hidden_dim}
+  input_image_hidden_dim: {input_image_hidden_dim}
   hidden_dim: 96
   dv: 96
-  dt: 512
+  dt: {dt}
   TGLU_hidden_dim: 96
   IDLU_hidden_dim: 96
   CMFU_hidden_dim: 96

@@ -196,10 +196,11 @@ def test_linker_explain_reproduces_the_stored_scores(float32_linker, synth_datas
     assert "token_relevance" not in light and light["attention"].shape == (40, 40)
 
 
-@pytest.mark.parametrize("index,message", [(-1, "There is no entity -1"), (48, r"There is no entity 48 in the KB "
-                                                                                    r"\(it has 48"),
-                                           ("x", "must be a whole number, got 'x'"), (2.5, "got 2.5"),
-                                           (None, "got None"), (10 ** 100, "There is no entity 1000")])
+@pytest.mark.parametrize("index,message", [(-1, "There is no entity -1 in"), (48, r"There is no entity 48 in the KB "
+                                                                                    r"\(it has 48: indices 0 to 47\)"),
+                                           ("x", "There is no entity x in"), (2.5, "There is no entity 2.5 in"),
+                                           (None, "There is no entity None in"),
+                                           (10 ** 100, "There is no entity 1000000000000000000000000000000000000... in")])
 def test_linker_explain_refuses_bad_entity_indices(float32_linker, index, message):
     with pytest.raises(QueryError, match=message):
         float32_linker.explain("the falcon flew", "falcon", None, index)
@@ -287,7 +288,7 @@ def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_p
     assert main([*query, "--entity", "480", "--out", str(tmp_path / "x")]) == 2
     assert main([*query, "--qid", "Q1", "--out", str(tmp_path / "x")]) == 2
     errors = capsys.readouterr().err
-    assert "bad.jpg: not an image PIL can read" in errors and "There is no entity 480 in the KB (it has 48" in errors
+    assert "bad.jpg: not an image PIL can read" in errors and "There is no entity 480 in the KB (it has 48:" in errors
     assert "no entity with QID 'Q1'" in errors and not os.path.exists(tmp_path / "x")
 
 
