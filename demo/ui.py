@@ -1,4 +1,5 @@
-"""The Gradio page: inputs, ranked entities, unit scores, patch heatmaps, token attention, and /link."""
+"""The Gradio page: inputs, ranked entities, unit scores, the explanation panel (relevance maps over
+patches and words, CMFU α, TGLU token attention), and the /link, /explain and /add_entity APIs."""
 import itertools
 import json
 import logging
@@ -10,6 +11,8 @@ import gradio as gr
 from mimic.images import ImageError, open_image
 from mimic.linker import Query, QueryError, check_query
 from mimic.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
+from mimic.processing import mention_text
+from mimic.relevance import UnsupportedBackbone
 
 from . import heatmap, plots
 from .kb import DEMO_KB, NO_IMAGE, DemoKB
@@ -23,11 +26,15 @@ MAX_SENTENCE_CHARS = 100_000
 MAX_MENTION_CHARS = 1_000
 MAX_OCCURRENCES = 50  # occurrences of the mention offered in the chooser
 MAX_TOP_K = 20
+MAX_ENTITY_CHARS = 40  # an entity for /explain: a KB index or a session id ("session:N")
 MAX_UPLOAD = "20mb"  # per file, refused by the server before it is stored
 DELETE_CACHE = (600, 3600)  # Gradio's temporary files: every 10 minutes, remove those older than an hour
 SESSION_MARK = " (added in this session)"
 LIMITS = {"sentence": MAX_SENTENCE_CHARS, "mention": MAX_MENTION_CHARS, "name": MAX_NAME_CHARS,
-          "description": MAX_DESCRIPTION_CHARS}
+          "description": MAX_DESCRIPTION_CHARS, "entity": MAX_ENTITY_CHARS}
+UNIT_NAMES = {"s": "S", "s_t": "S_T", "s_v": "S_V", "s_c": "S_C"}
+PATCH_UNITS = [("S (overall)", "s"), ("S_V (vision)", "s_v"), ("S_C (cross-modal)", "s_c")]  # S_T reads no image
+WORD_UNITS = [("S (overall)", "s"), ("S_T (text)", "s_t")]
 INTRO = """# 🔗 MIMIC entity linking
 Type a sentence, mark the **mention** (the words that name something), optionally add an image, and press
 **Link**. MIMIC ranks the entities of a small demo knowledge base and shows its evidence: the text unit
@@ -58,8 +65,8 @@ class TopK(gr.Slider):
 
 
 def input_problem(what: str, value) -> str:
-    """What is wrong with `value` as the input `what` ("sentence", "mention", "name", "description" or
-    "top_k"), or "" when it is within its limits."""
+    """What is wrong with `value` as the input `what` ("sentence", "mention", "name", "description",
+    "entity" or "top_k"), or "" when it is within its limits."""
     if what == "top_k":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
         return "" if ok and 1 <= value <= MAX_TOP_K else f"Top k must be a whole number from 1 to {MAX_TOP_K}."
@@ -261,44 +268,116 @@ class DemoApp:
             return gr.update()
         return gr.update(value=candidate_key(rows[row]))
 
-    def explain(self, state, entity_key, request: gr.Request = None):
-        """Heatmaps and token attention of the selected candidate (a KB entity or one of the session's)."""
-        hide = gr.update(visible=False)
+    def ui_explain(self, state, entity_key, patch_unit="s", word_unit="s", request: gr.Request = None):
+        """The evidence for the selected candidate (a KB entity or one of the session's): the relevance of
+        each patch of both pictures and of each word, and, with a trained checkpoint, CMFU's α and TGLU's
+        token attention. -> the panel's updates, then the explanation kept to redraw another unit."""
+        hidden = gr.update(visible=False)
         if not state or entity_key is None:
-            return hide, hide, hide, gr.update(value="", visible=False)
-        if self.loaded.zero_shot:
-            note = ("Under the zero-shot initialisation the CMFU patch attention is uniform and the TGLU token "
-                    "attention is untrained (G2L does not enter the score), so there is nothing to draw. Load or "
-                    "train a checkpoint to see where MIMIC looks.")
-            return hide, hide, hide, gr.update(value=note, visible=True)
+            return (*[hidden] * 6, gr.update(value="", visible=False), None)
         overlay = self.sessions.overlay(_session(request))
+        linker, notes = self.kb.linker, []
         try:
             image = open_picture(state["picture"]) if state.get("picture") else None
-            out = self.kb.linker.explain(state["sentence"], state["mention"], image, entity_key, state.get("terms"),
-                                         extra=overlay)
+            sentence, mention = check_query(state["sentence"], state["mention"])
+            query = (sentence, mention, image, entity_key, state.get("terms"))
+            try:
+                out = linker.explain(*query, extra=overlay)
+            except UnsupportedBackbone as e:
+                out = linker.explain(*query, extra=overlay, relevance=False)
+                notes.append(f"Relevance maps are not available here: {e}.")
             meta = self._entity(entity_key, overlay)
         except (QueryError, ImageError) as e:
             raise gr.Error(str(e))
         except Exception:
             log.exception("explanation failed")
-            raise gr.Error("Could not compute the attention for this entity; the details are in the server log.")
-        notes = []
-        if image is not None:
-            mention_map = gr.update(value=heatmap.overlay(image, out["mention_alpha"].tolist()), visible=True,
-                                    label="Mention image: CMFU patch attention α")
-        else:
-            mention_map = gr.update(value=heatmap.blank(), visible=True, label="No mention image (zeros)")
-            notes.append("The mention has no image: the model sees all-zero pixels.")
+            raise gr.Error("Could not explain this candidate; the details are in the server log.")
         entity_image = self._entity_picture(meta)
-        if entity_image is not None:
-            entity_map = gr.update(value=heatmap.overlay(entity_image, out["entity_alpha"].tolist()), visible=True,
-                                   label=f"{meta['name']}: CMFU patch attention α")
-        else:
-            entity_map = gr.update(value=heatmap.blank(), visible=True, label=f"{meta['name']}: no image (zeros)")
+        explanation = {"name": meta["name"], "text": mention_text(mention, sentence),
+                       "max_tokens": linker.model.processor.max_length, "mention_picture": state.get("picture"),
+                       "entity_picture": compact_picture(entity_image) if entity_image is not None else None,
+                       **{k: out[k] for k in ("mention_relevance", "entity_relevance", "token_relevance") if k in out}}
+        if image is None:
+            notes.append("The mention has no image: the model sees all-zero pixels.")
+        if entity_image is None:
             notes.append(f"{markdown_literal(meta['name'])} has no image.")
-        tokens = plots.token_attention(out["attention"], out["entity_tokens"], out["mention_tokens"], meta["name"])
-        return mention_map, entity_map, gr.update(value=tokens, visible=True), gr.update(value=" ".join(notes),
-                                                                                       visible=bool(notes))
+        if self.loaded.zero_shot:  # α and the token attention carry nothing then
+            notes.append("Under the zero-shot initialisation the CMFU patch attention α is uniform and the TGLU "
+                         "token attention is untrained (G2L does not enter the score): they are not drawn. The "
+                         "relevance maps hold under any initialisation.")
+            attention = [hidden] * 3
+        else:
+            attention = [self._alpha(image, out["mention_alpha"], "Mention image"),
+                         self._alpha(entity_image, out["entity_alpha"], meta["name"]),
+                         gr.update(value=plots.token_attention(out["attention"], out["entity_tokens"],
+                                                               out["mention_tokens"], meta["name"]), visible=True)]
+        return (*self.patch_relevance(explanation, patch_unit), self.word_relevance(explanation, word_unit),
+                *attention, gr.update(value=" ".join(notes), visible=bool(notes)), explanation)
+
+    @staticmethod
+    def _alpha(picture, alpha, label: str):
+        if picture is None:
+            return gr.update(value=heatmap.blank(), visible=True, label=f"{label}: no image (zeros)")
+        return gr.update(value=heatmap.overlay(picture, alpha.tolist()), visible=True,
+                         label=f"{label}: CMFU patch attention α (where CMFU pooled)")
+
+    @staticmethod
+    def patch_relevance(explanation, unit):
+        """The relevance maps of both pictures for one unit ("s", "s_v" or "s_c")."""
+        if not explanation or "mention_relevance" not in explanation:
+            return gr.update(visible=False), gr.update(visible=False)
+        unit = unit if unit in UNIT_NAMES else "s"
+        updates = []
+        for side, label in (("mention", "Mention image"), ("entity", explanation["name"])):
+            grids, picture = explanation[f"{side}_relevance"], explanation[f"{side}_picture"]
+            if grids is None or picture is None:
+                updates.append(gr.update(value=heatmap.blank(), visible=True, label=f"{label}: no image"))
+            else:
+                updates.append(gr.update(value=heatmap.overlay_grid(open_picture(picture), grids[unit]),
+                                         visible=True, label=f"{label}: relevance for {UNIT_NAMES[unit]}"))
+        return tuple(updates)
+
+    @staticmethod
+    def word_relevance(explanation, unit):
+        """The words the model read, coloured by their relevance for one unit ("s" or "s_t")."""
+        if not explanation or "token_relevance" not in explanation:
+            return gr.update(visible=False)
+        unit = unit if unit in ("s", "s_t") else "s"
+        words = explanation["token_relevance"]
+        return gr.update(value=heatmap.word_highlights(explanation["text"], words["tokens"], words[unit]),
+                         visible=True, label=f"Words: relevance for {UNIT_NAMES[unit]} (the model reads the mention, "
+                                             f"[SEP], then the sentence: {explanation['max_tokens']} tokens at most)")
+
+    def api_explain(self, sentence, mention, image_path, entity, request: gr.Request = None):
+        """/explain: the evidence for one (mention, entity) pair, as Linker.explain returns it."""
+        check_inputs(sentence=sentence, mention=mention, entity=entity)
+        if entity is None or not str(entity).strip():
+            raise gr.Error("Please give the entity: its \"index\" in /link's results, or the \"id\" of an entity "
+                           "added in this session.")
+        linker = self._linker()
+        image = None
+        if image_path:
+            try:
+                image = open_image(image_path)
+            except ImageError as e:
+                raise gr.Error(f"The image cannot be used: {e}. Try a JPEG, PNG or WebP photo, or remove it.")
+        overlay = self.sessions.overlay(_session(request))
+        key = entity.strip()
+        if overlay is None or overlay.position(key) is None:
+            key = key if not key.lstrip("-").isdigit() else int(key)
+        try:
+            out = linker.explain(sentence, mention, image, key, extra=overlay)
+            meta = self._entity(key, overlay)
+        except (QueryError, UnsupportedBackbone) as e:
+            raise gr.Error(str(e))
+        except Exception:
+            log.exception("/explain failed")
+            raise gr.Error("Something went wrong while explaining; the details are in the server log.")
+        record = {"index": None if meta.get("session") else key, "id": meta.get("id"), "qid": meta.get("qid"),
+                  "name": meta.get("name"), "session": bool(meta.get("session"))}
+        return {"sentence": sentence, "mention": mention, "entity": record, "model": self.loaded.description,
+                "zero_shot": self.loaded.zero_shot,
+                **{k: v.tolist() if hasattr(v, "tolist") else v for k, v in out.items()}}
 
     @staticmethod
     def _entity_picture(meta: dict):
@@ -356,6 +435,19 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         with gr.Row():
             candidate = gr.Dropdown(label="Inspect candidate", choices=[], interactive=True, elem_id="candidate")
         explain_note = gr.Markdown(visible=False)
+        explanation = gr.State(None)
+        gr.Markdown(RELEVANCE_HELP)
+        patch_unit = gr.Radio(PATCH_UNITS, value="s", label="Patch relevance for (S_T reads no image)",
+                              elem_id="patch-unit")
+        with gr.Row():
+            mention_relevance = gr.Image(label="Mention image: relevance", visible=False, interactive=False,
+                                         elem_id="mention-relevance", height=300)
+            entity_relevance = gr.Image(label="Candidate image: relevance", visible=False, interactive=False,
+                                        elem_id="entity-relevance", height=300)
+        word_unit = gr.Radio(WORD_UNITS, value="s", label="Word relevance for", elem_id="word-unit")
+        words = gr.HighlightedText(label="Words: relevance", visible=False, show_legend=False,
+                                   combine_adjacent=False, elem_id="word-relevance")
+        gr.Markdown(ATTENTION_HELP)
         with gr.Row():
             mention_map = gr.Image(label="Mention image: CMFU patch attention α", visible=False, interactive=False,
                                    elem_id="mention-heatmap", height=300)
@@ -379,6 +471,8 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
             gr.Markdown(API_HELP)
         api_out = gr.JSON(visible=False)
         api_button = gr.Button(visible=False)
+        api_entity = gr.Textbox(visible=False, label="Entity", max_length=MAX_ENTITY_CHARS)
+        api_explain_button = gr.Button(visible=False)
 
         # the highlighted sentence and the occurrence chooser follow the two text boxes
         for box in (sentence, mention):
@@ -388,17 +482,26 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                          api_visibility="private", validator=input_validator("sentence", "mention", None))
         timer.tick(lambda: (app.status_markdown(), gr.Timer(active=not (app.kb.ready or app.kb.error))),
                    outputs=[status, timer], api_visibility="private")
-        explain_outputs = [mention_map, entity_map, tokens, explain_note]
+        explain_inputs = [state, candidate, patch_unit, word_unit]
+        explain_outputs = [mention_relevance, entity_relevance, words, mention_map, entity_map, tokens, explain_note,
+                           explanation]
         query_limits = input_validator("sentence", "mention", None, "top_k")
         gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
               [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model",
               validator=query_limits).then(
-            app.explain, [state, candidate], explain_outputs, api_visibility="private", concurrency_id="model")
+            app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
         table.select(app.select_row, [state], [candidate], api_visibility="private")
-        candidate.change(app.explain, [state, candidate], explain_outputs, api_visibility="private",
+        candidate.change(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
                          concurrency_id="model", trigger_mode="always_last")
+        # another unit: redrawn from the explanation kept in the session, without the model
+        patch_unit.change(app.patch_relevance, [explanation, patch_unit], [mention_relevance, entity_relevance],
+                          api_visibility="private")
+        word_unit.change(app.word_relevance, [explanation, word_unit], words, api_visibility="private")
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
                          concurrency_id="model", validator=query_limits)
+        api_explain_button.click(app.api_explain, [sentence, mention, image, api_entity], api_out, api_name="explain",
+                                 concurrency_id="model", validator=input_validator("sentence", "mention", None,
+                                                                                   "entity"))
         add_button.click(app.add_entity, [new_name, new_description, new_image], added, api_name="add_entity",
                          concurrency_id="model", validator=input_validator("name", "description", None)).then(lambda r: markdown_literal(r["message"]) if r else "", added,
                                                       add_note, api_visibility="private")
@@ -406,6 +509,14 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
     page.app_state = app
     return page
 
+
+RELEVANCE_HELP = """### Why this candidate: relevance
+How much each 32-px patch of the two pictures and each word moved the score of the candidate
+(bright / red = more): gradient-weighted attention relevance (Chefer et al., ICCV 2021) through every layer
+of both CLIP towers, under any initialisation. Choose the score it explains: S, or one unit's."""
+ATTENTION_HELP = """### Where the units pooled: attention (trained checkpoints)
+CMFU's patch attention α and TGLU's token-to-token attention: where the units looked, which is not the
+same as what moved the score."""
 
 API_HELP = """Call the linker from Python with `gradio_client`:
 
@@ -420,7 +531,16 @@ result["results"][0]   # {"rank", "index", "qid", "name", "score", "s_t", "s_t_g
                        #  "s_v", "s_v_e2m", "s_v_m2e", "s_c"}
 # an entity for this Client's session only: linkable by the next calls of the same Client
 client.predict("Ada Lovelace", "Wrote the first published algorithm.", None, api_name="/add_entity")
+# why an entity: relevance maps (patch grids, word relevance) and attention; the entity is a row's
+# "index", or the "id" of an entity added in this session
+why = client.predict("Hopper painted Nighthawks in 1942.", "Hopper", None, "3", api_name="/explain")
+why["mention_relevance"]   # {"s", "s_t", "s_v", "s_c"}: 7 x 7 grids (rows of floats), null without an image
+why["entity_relevance"]    # the same over the entity's picture
+why["token_relevance"]     # {"tokens", "s", "s_t"} over the mention's words
+why["scores"]              # the pair's S, S_T, S_V, S_C in that pass
 ```
+Also in the answer: "attention" (TGLU, 40 x 40), "mention_alpha" and "entity_alpha" (CMFU α over CLS + 49
+patches; uniform, and the attention untrained, when "zero_shot" is true).
 Rows of entities added in the session have `"session": true`, `"index": null` and an `"id"` of the form
 `"session:N"`. Bad input raises an error whose message says what to fix, and every limit is named."""
 
