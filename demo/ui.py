@@ -434,7 +434,6 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                 chart = gr.Plot(label="Unit scores", elem_id="scores")
         with gr.Row():
             candidate = gr.Dropdown(label="Inspect candidate", choices=[], interactive=True, elem_id="candidate")
-        explain_note = gr.Markdown(visible=False)
         explanation = gr.State(None)
         gr.Markdown(RELEVANCE_HELP)
         patch_unit = gr.Radio(PATCH_UNITS, value="s", label="Patch relevance for (S_T reads no image)",
@@ -448,6 +447,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         words = gr.HighlightedText(label="Words: relevance", visible=False, show_legend=False,
                                    combine_adjacent=False, elem_id="word-relevance")
         gr.Markdown(ATTENTION_HELP)
+        explain_note = gr.Markdown(visible=False)
         with gr.Row():
             mention_map = gr.Image(label="Mention image: CMFU patch attention α", visible=False, interactive=False,
                                    elem_id="mention-heatmap", height=300)
