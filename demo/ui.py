@@ -145,6 +145,16 @@ def verdict_markdown(result: dict) -> str:
     return f"### → {markdown_literal(top['name'])}{where}"
 
 
+def uploaded_image(image_path):
+    """The visitor's image, upright RGB, or None; a file that cannot be used is a gr.Error saying why."""
+    if not image_path:
+        return None
+    try:
+        return open_image(image_path)
+    except ImageError as e:
+        raise gr.Error(f"The image cannot be used: {e}. Try a JPEG, PNG or WebP photo, or remove it.")
+
+
 def _session(request) -> str:
     """Gradio's session hash: one browser tab, or one gradio_client Client."""
     return getattr(request, "session_hash", None)
@@ -177,12 +187,7 @@ class DemoApp:
         every problem as a gr.Error."""
         check_inputs(sentence=sentence, mention=mention, top_k=top_k)
         linker = self._linker()
-        image = None
-        if image_path:
-            try:
-                image = open_image(image_path)
-            except ImageError as e:
-                raise gr.Error(f"The image cannot be used: {e}. Try a JPEG, PNG or WebP photo, or remove it.")
+        image = uploaded_image(image_path)
         overlay = self.sessions.overlay(_session(request))
         try:
             sentence, mention = check_query(sentence, mention)
@@ -237,12 +242,7 @@ class DemoApp:
         """/add_entity: encode a new entity for this session only; it is linkable at once in this session."""
         check_inputs(name=name, description=description)
         linker = self._linker()
-        image = None
-        if image_path:
-            try:
-                image = open_image(image_path)
-            except ImageError as e:
-                raise gr.Error(f"The image cannot be used: {e}.")
+        image = uploaded_image(image_path)
         precision = linker.store.manifest.get("precision", "mixed")  # the session's terms rounded like the KB's
         try:
             record = self.sessions.add(_session(request), self.loaded.model, precision, name, description, image)
@@ -355,12 +355,7 @@ class DemoApp:
             raise gr.Error("Please give the entity: its \"index\" in /link's results, or the \"id\" of an entity "
                            "added in this session.")
         linker = self._linker()
-        image = None
-        if image_path:
-            try:
-                image = open_image(image_path)
-            except ImageError as e:
-                raise gr.Error(f"The image cannot be used: {e}. Try a JPEG, PNG or WebP photo, or remove it.")
+        image = uploaded_image(image_path)
         overlay = self.sessions.overlay(_session(request))
         key = entity.strip()
         if overlay is None or overlay.position(key) is None:

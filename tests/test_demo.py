@@ -181,7 +181,8 @@ def test_link_api_explains_bad_input(app_server, sentence, mention, message):
 
 
 def test_the_page_links_and_draws_every_panel(app_server, browser_page):
-    """Headless Chromium: type, upload, press Link; the ranked list, the chart and both heatmaps appear."""
+    """Headless Chromium: type, upload, press Link; the ranked list, the chart, the relevance maps and the
+    attention heatmaps appear, and another unit's relevance is drawn on request."""
     from playwright.sync_api import expect
     url, _, _ = app_server
     os.makedirs(ARTIFACTS, exist_ok=True)
@@ -200,6 +201,17 @@ def test_the_page_links_and_draws_every_panel(app_server, browser_page):
     expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)
     expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
     expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
+    # the explanation panel: relevance over both pictures and the words, another unit on request
+    for panel in ("#mention-relevance", "#entity-relevance"):
+        expect(page.locator(f"{panel} img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#mention-relevance")).to_contain_text("Mention image: relevance for S")
+    expect(page.locator("#word-relevance")).to_contain_text("portrait")
+    before = page.locator("#mention-relevance img").get_attribute("src")
+    page.locator("#patch-unit").get_by_text("S_C (cross-modal)").click()
+    expect(page.locator("#mention-relevance")).to_contain_text("relevance for S_C", timeout=30_000)
+    expect(page.locator("#mention-relevance img")).not_to_have_attribute("src", before, timeout=30_000)
+    page.locator("#word-unit").get_by_text("S_T (text)").click()
+    expect(page.locator("#word-relevance")).to_contain_text("relevance for S_T", timeout=30_000)
     page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
 
 

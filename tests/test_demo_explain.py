@@ -1,12 +1,11 @@
-"""The explanation panel and /explain: relevance for KB and session entities, bounded inputs, the page."""
+"""The explanation panel and /explain: relevance for KB and session entities, bounded inputs, zero-shot.
+(The browser test of the panel is tests/test_demo.py's page test.)"""
 import json
-import os
 
 import pytest
 
 from demo.heatmap import word_highlights
 from tests.conftest import EXAMPLE_IMAGE, ROOT
-from tests.test_demo import ARTIFACTS
 
 SENTENCE, MENTION = "A portrait of Hopper was unveiled at the gallery.", "Hopper"
 
@@ -67,31 +66,6 @@ def test_explain_api_refuses_hostile_input_plainly(app_server, sentence, entity,
     with pytest.raises(Exception, match=message):
         Client(url, verbose=False).predict(sentence, MENTION, handle_file(image) if image else None, entity,
                                            api_name="/explain")
-
-
-def test_the_page_shows_relevance_on_both_pictures_and_the_words(app_server, browser_page):
-    """Link, then the explanation panel: relevance overlays for S, another unit on request, the words coloured."""
-    from playwright.sync_api import expect
-    url, _, _ = app_server
-    page = browser_page
-    page.goto(url)
-    page.get_by_label("Sentence").fill("A portrait of Hopper was unveiled at the gallery opening.")
-    page.get_by_label("Mention").fill("Hopper")
-    page.locator("input[type=file]").first.set_input_files(EXAMPLE_IMAGE)
-    page.get_by_role("button", name="Link", exact=True).click()
-    expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
-    for panel in ("#mention-relevance", "#entity-relevance", "#mention-heatmap", "#entity-heatmap"):
-        expect(page.locator(f"{panel} img")).to_be_visible(timeout=30_000)
-    expect(page.locator("#mention-relevance")).to_contain_text("Mention image: relevance for S")
-    expect(page.locator("#word-relevance")).to_contain_text("portrait")
-    before = page.locator("#mention-relevance img").get_attribute("src")
-    page.locator("#patch-unit").get_by_text("S_C (cross-modal)").click()
-    expect(page.locator("#mention-relevance")).to_contain_text("relevance for S_C", timeout=30_000)
-    expect(page.locator("#mention-relevance img")).not_to_have_attribute("src", before, timeout=30_000)
-    page.locator("#word-unit").get_by_text("S_T (text)").click()
-    expect(page.locator("#word-relevance")).to_contain_text("relevance for S_T", timeout=30_000)
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    page.screenshot(path=os.path.join(ARTIFACTS, "explanation.png"), full_page=True)
 
 
 def test_under_zero_shot_the_panel_shows_relevance_and_says_why_attention_is_not_drawn(tiny_clip, tmp_path,
