@@ -36,16 +36,17 @@ grid, not grids with each other.
 Per backbone. What depends on the CLIP implementation is isolated in a tracer: which modules are each
 tower's attention layers and how to make them return their probabilities (eager attention, for this
 pass only: linking keeps sdpa), which module outputs the states MIMIC reads, where the token
-embeddings are (to mask words), and the patch size. `tracer_for(model)` returns one, or raises
-UnsupportedBackbone.
+embeddings are (to mask words), and the patch size. `tracer_for(model)` returns one for transformers'
+CLIP and for open_clip's own ViT towers, or raises UnsupportedBackbone (timm image towers, e.g. SigLIP).
 """
 import contextlib
+import math
 import re
 import threading
 from dataclasses import dataclass, field
 
 import torch
-
+import torch.nn.functional as F
 
 UNIT_TARGETS = ("s_t", "s_v", "s_c")
 GRID_TARGETS = ("s", "s_t", "s_v", "s_c")
@@ -123,13 +124,97 @@ class TransformersCLIPTracer:
             handle.remove()
 
 
+def _eager_self_attention(attention, record):
+    """A forward for an `nn.MultiheadAttention` used as self-attention (open_clip's blocks) that computes
+    the probabilities explicitly, hands them to `record`, and uses that very tensor for the output, so
+    that gradients reach it. It equals the module's own forward (tests/test_relevance.py checks the scores)."""
+    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        x = query if attention.batch_first else query.transpose(0, 1)  # [N, T, D]
+        n, t, d = x.shape
+        heads = attention.num_heads
+        q, k, v = (y.reshape(n, t, heads, d // heads).transpose(1, 2)
+                   for y in F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1))
+        logits = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # [N, H, T, T]
+        for mask in (attn_mask, None if key_padding_mask is None else key_padding_mask[:, None, None, :]):
+            if mask is not None:
+                mask = mask.reshape(n, heads, t, t) if mask.dim() == 3 else mask
+                logits = logits.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+        probabilities = logits.softmax(dim=-1)
+        record(probabilities)
+        out = attention.out_proj((probabilities @ v).transpose(1, 2).reshape(n, t, d))
+        return (out if attention.batch_first else out.transpose(0, 1)), None
+    return forward
+
+
+class OpenCLIPTracer:
+    """The per-backbone part for open_clip models with open_clip's own towers (mimic/open_clip_encoder.py):
+    their blocks call `nn.MultiheadAttention` without weights, so for the pass each one is given an
+    explicit forward (`_eager_self_attention`)."""
+
+    def __init__(self, encoder):
+        visual, text = encoder.clip.visual, encoder.text_tower
+        self.attention_layers = {"vision": [block.attn for block in encoder.vision_blocks],
+                                 "text": [block.attn for block in encoder.text_blocks]}
+        for layer in self.attention_layers["vision"] + self.attention_layers["text"]:
+            if not layer._qkv_same_embed_dim or layer.bias_k is not None or layer.add_zero_attn:
+                raise UnsupportedBackbone("relevance maps need plain self-attention layers; this open_clip model's "
+                                          "attention has separate key/value widths or extra key/value tokens")
+        # V_L and v_G come from the vision transformer's output (before ln_post); T_L and t_G from ln_final.
+        self.readout = {"vision": visual.transformer, "text": text.ln_final}
+        self.token_embedding = text.token_embedding
+        size = visual.patch_size
+        self.patch_size = size[0] if isinstance(size, (tuple, list)) else size
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Within: forward passes of this thread record {"vision": Trace, "text": Trace}."""
+        traces = {tower: Trace() for tower in TOWERS}
+        owner = threading.get_ident()
+
+        def keeper(store):
+            return lambda value: store.append(value) if threading.get_ident() == owner else None
+
+        with _PASS_LOCK:
+            handles, patched = [], []
+            try:
+                for tower in TOWERS:
+                    for layer in self.attention_layers[tower]:
+                        layer.forward = _eager_self_attention(layer, keeper(traces[tower].attentions))
+                        patched.append(layer)
+                    states = keeper(traces[tower].states)
+                    handles.append(self.readout[tower].register_forward_hook(lambda m, args, out, s=states: s(out)))
+                yield traces
+            finally:
+                for layer in patched:
+                    del layer.forward  # back to the class's own (fast) forward
+                for handle in handles:
+                    handle.remove()
+
+    @contextlib.contextmanager
+    def masked_tokens(self, keep: torch.Tensor):
+        """As TransformersCLIPTracer.masked_tokens; open_clip pads the text to its context length, which
+        stays unmasked."""
+        def hook(module, args, output):
+            padded = F.pad(keep.to(output.dtype), (0, output.shape[1] - keep.shape[1]), value=1.0)
+            return output * padded.unsqueeze(-1)
+        handle = self.token_embedding.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
 def tracer_for(model):
     """The tracer of the model's encoder, or UnsupportedBackbone saying what is supported."""
     from .encoder import CLIPEncoder
+    from .open_clip_encoder import OpenCLIPEncoder
     if isinstance(model.encoder, CLIPEncoder):
         return TransformersCLIPTracer(model.encoder)
-    raise UnsupportedBackbone(f"relevance maps are implemented for transformers' CLIP encoders only; this model's "
-                              f"encoder is a {type(model.encoder).__name__} ({model.config.encoder})")
+    if isinstance(model.encoder, OpenCLIPEncoder) and not hasattr(model.encoder.clip.visual, "trunk"):
+        return OpenCLIPTracer(model.encoder)
+    raise UnsupportedBackbone(f"relevance maps are implemented for transformers' CLIP and open_clip's own ViT towers; "
+                              f"this model's image tower is a timm model ({model.config.encoder})")
 
 
 # -- the rule -------------------------------------------------------------------------------------

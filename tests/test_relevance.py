@@ -154,16 +154,57 @@ def test_zero_shot_readout_is_chefers_cls_row(tiny_clip, synth_dataset):
     torch.testing.assert_close(relevance["s"]["vision"], r[:, 0], rtol=1e-4, atol=1e-6)
 
 
-def test_open_clip_backbones_are_refused_plainly(tmp_path, synth_dataset):
+def _register_open_clip(tmp_path, name, config):
     import open_clip
-    tiny = {"embed_dim": 64, "vision_cfg": {"image_size": 224, "layers": 1, "width": 48, "head_width": 24,
-                                            "patch_size": 32},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (tmp_path / "mimic-tiny-explain.json").write_text(json.dumps(tiny))
-    open_clip.add_model_config(str(tmp_path / "mimic-tiny-explain.json"))
-    model = MIMIC.from_encoder(MIMICConfig(encoder="open_clip:mimic-tiny-explain")).eval()
-    with pytest.raises(UnsupportedBackbone, match=r"transformers' CLIP encoders only; this model's encoder is a "
-                                                  r"OpenCLIPEncoder \(open_clip:mimic-tiny-explain\)"):
+    (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(tmp_path / f"{name}.json"))
+    return MIMIC.from_encoder(MIMICConfig(encoder=f"open_clip:{name}"), seed=2).eval()
+
+
+OPEN_CLIP_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+
+
+def test_open_clip_towers_are_explained_like_transformers_ones(tmp_path, synth_dataset):
+    """open_clip's attention layers run without weights; for the pass they get an explicit forward, which
+    must give the linking scores, reach the gradients (two passes = one per score) and be removed after."""
+    model = _register_open_clip(tmp_path, "mimic-tiny-explain", {
+        "embed_dim": 64, "text_cfg": OPEN_CLIP_TEXT,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 48, "head_width": 24, "patch_size": 32}})
+    text, image, etext, eimage = _pair(synth_dataset)
+    out = explain_pair(model, text, image, etext, eimage)
+    with torch.no_grad():
+        m = model.matcher
+        features = model.encode(model.processor([text, etext], [image, eimage]))  # open_clip's own attention
+        scores = m.score(m.mention_side(features[0:1]), m.entity_side(features[1:2]))
+    for key in GRID_TARGETS:
+        assert out["scores"][key] == pytest.approx(float(getattr(scores, key)), rel=1e-5, abs=1e-4)
+    assert not any("forward" in vars(layer) for layer in model.encoder.clip.modules())  # class forwards again
+    assert len(out["mention_relevance"]["s"]) == 7 and max(map(max, out["mention_relevance"]["s_v"])) > 0
+    assert len(out["token_relevance"]["tokens"]) == len(out["token_relevance"]["s"]) > 0
+    images = [Image.open(image).convert("RGB"), Image.open(eimage).convert("RGB")]
+    _, relevance, _ = relevance_pass(model, [text, etext], images)
+    for target in GRID_TARGETS:
+        reference = _reference(model, [text, etext], images, target)
+        for tower in ("vision", "text"):
+            torch.testing.assert_close(relevance[target][tower], reference[tower], rtol=1e-4, atol=1e-6)
+    assert relevance["s"]["text"].shape == (2, 77)  # open_clip's text tower runs over its whole context
+    with torch.enable_grad(), tracer_for(model).recording() as traces:
+        f = model.encode(model.processor([text, etext], images))
+        s = model.matcher.score(model.matcher.mention_side(f[0:1]), model.matcher.entity_side(f[1:2])).s.sum()
+        grads = torch.autograd.grad(s, traces["vision"].attentions + traces["text"].attentions)
+    assert len(grads) == 4 and all(g.abs().max() > 0 for g in grads)  # the recorded probabilities are on the path
+    with tracer_for(model).masked_tokens(torch.zeros(1, 40)), torch.no_grad():
+        masked = model.encode(model.processor([text], [None]))
+    assert not torch.allclose(masked.t_g, features.t_g[0:1])
+
+
+def test_timm_image_towers_are_refused_plainly(tmp_path, synth_dataset):
+    model = _register_open_clip(tmp_path, "mimic-tiny-explain-timm", {
+        "embed_dim": 192, "custom_text": True, "text_cfg": OPEN_CLIP_TEXT,
+        "vision_cfg": {"image_size": 224, "timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                       "timm_pool": "map", "timm_proj": "none"}})
+    with pytest.raises(UnsupportedBackbone, match=r"transformers' CLIP and open_clip's own ViT towers; this model's "
+                                                  r"image tower is a timm model \(open_clip:mimic-tiny-explain-timm\)"):
         explain_pair(model, *_pair(synth_dataset))
 
 
