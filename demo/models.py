@@ -115,7 +115,14 @@ def load_demo_model(device: str = "cpu") -> LoadedModel:
         try:
             model = load_model(spec, encoder=os.environ.get("MIMIC_ENCODER"), device=device)
             log.info("serving the checkpoint %s", spec)
-            return LoadedModel(model, "trained checkpoint")
+            if model.config.image_mode != "default":
+                # the authors' pipeline has no memory bound but PIL's (about 540 MB for one image): not for a
+                # public server, so visitors' and the KB's images are read the default, bounded way
+                model.set_image_mode("default")
+                warnings.append("This checkpoint was trained with the authors' image pipeline; the demo reads "
+                                "images with the default one (RGB conversion, EXIF rotation, bounded memory), so "
+                                "grayscale, transparent or rotated pictures score differently than in their code.")
+            return LoadedModel(model, "trained checkpoint", warnings)
         except Exception as e:  # a damaged checkpoint must not take the demo down: zero-shot runs instead
             log.warning("the checkpoint %s could not be loaded: %s", spec, e, exc_info=not isinstance(
                 e, (CheckpointError, EncoderUnavailable)))

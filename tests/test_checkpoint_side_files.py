@@ -70,3 +70,17 @@ def test_the_demo_runs_zero_shot_on_a_damaged_checkpoint_and_says_why(tiny_model
     assert damage in warning and str(tmp_path) not in warning and tiny_clip not in warning
     status = DemoApp.status_markdown(SimpleNamespace(loaded=loaded, kb=SimpleNamespace(status="Ready.")))
     assert f"⚠️ **{warning}**" in status and "Zero-shot: CLIP similarities" in status
+
+
+def test_the_demo_reads_images_the_bounded_way_under_an_authors_mode_checkpoint(tiny_model, tiny_clip, tmp_path,
+                                                                                 monkeypatch):
+    from demo.models import load_demo_model
+    tiny_model.set_image_mode("authors")
+    save_model(tiny_model, str(tmp_path / "ckpt"))
+    assert load_checkpoint(str(tmp_path / "ckpt")).processor.images.mode == "authors"
+    monkeypatch.setenv("MIMIC_CHECKPOINT", str(tmp_path / "ckpt"))
+    loaded = load_demo_model()
+    assert loaded.kind == "trained checkpoint" and loaded.model.processor.images.mode == "default"
+    assert loaded.model.config.image_mode == "default"
+    [warning] = loaded.warnings
+    assert "trained with the authors' image pipeline; the demo reads images with the default one" in warning
