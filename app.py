@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from demo.ui import MAX_UPLOAD, build_app  # noqa: E402
+from demo.ui import MAX_UPLOAD, SESSION_STATES, build_app  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -16,4 +16,5 @@ demo = build_app()
 
 if __name__ == "__main__":
     # uploads past MAX_UPLOAD are refused while they arrive, before anything is stored
-    demo.queue(default_concurrency_limit=1, max_size=256).launch(show_error=False, max_file_size=MAX_UPLOAD)
+    demo.queue(default_concurrency_limit=1, max_size=256).launch(show_error=False, max_file_size=MAX_UPLOAD,
+                                                                  state_session_capacity=SESSION_STATES)

@@ -29,6 +29,9 @@ MAX_TOP_K = 20
 MAX_ENTITY_CHARS = 40  # an entity for /explain: a KB index or a session id ("session:N")
 MAX_UPLOAD = "20mb"  # per file, refused by the server before it is stored
 DELETE_CACHE = (600, 3600)  # Gradio's temporary files: every 10 minutes, remove those older than an hour
+# Gradio keeps each browser session's state (the last linked mention, its explanation: about 0.2 MB) for
+# this many sessions, dropping the oldest beyond: bounded memory (its own default, 10,000, is about 2 GB)
+SESSION_STATES = 2000
 SESSION_MARK = " (added in this session)"
 LIMITS = {"sentence": MAX_SENTENCE_CHARS, "mention": MAX_MENTION_CHARS, "name": MAX_NAME_CHARS,
           "description": MAX_DESCRIPTION_CHARS, "entity": MAX_ENTITY_CHARS}
