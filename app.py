@@ -8,11 +8,13 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from demo.ui import build_app  # noqa: E402
+from demo.ui import MAX_UPLOAD, SESSION_STATES, build_app  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 demo = build_app()
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=1, max_size=256).launch(show_error=False)
+    # uploads past MAX_UPLOAD are refused while they arrive, before anything is stored
+    demo.queue(default_concurrency_limit=1, max_size=256).launch(show_error=False, max_file_size=MAX_UPLOAD,
+                                                                  state_session_capacity=SESSION_STATES)

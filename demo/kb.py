@@ -2,6 +2,8 @@
 
 The first start encodes it (progress in the log and in the page); later starts load the cache.
 Preparation runs in a background thread so that the page is up at once and says what is happening.
+Visitors never change the store: what they add lives in their session (demo/sessions.py). Its operator
+edits it with `python -m mimic kb ...`, and the linker picks the new version up at the next request.
 """
 import base64
 import hashlib
@@ -18,9 +20,13 @@ from mimic.images import ImageError, open_image
 from mimic.linker import Linker
 from mimic.store import KBStore, StoreError, encode_store
 
+from .safe_text import without_paths
+
 log = logging.getLogger(__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_KB = os.path.join(ROOT, "assets", "demo_kb")
+NO_IMAGE = '<span style="color:#888;font-size:12px">no image</span>'
+THUMBNAIL_SIDE = 72
 
 
 def cache_root() -> str:
@@ -62,7 +68,7 @@ class DemoKB:
 
     def _prepare(self):
         try:
-            fingerprints = model_fingerprints(self.loaded.model)
+            fingerprints = self.loaded.fingerprints = model_fingerprints(self.loaded.model)
             path = self.store_path(fingerprints)
             try:
                 store = KBStore.load(path)
@@ -71,9 +77,10 @@ class DemoKB:
                 store = self._encode(path)
             self.linker = Linker(self.loaded.model, store, fingerprints=fingerprints)
             self.status = f"Ready: {len(store)} entities."
-        except Exception as e:  # shown in the page instead of a dead app
+        except Exception as e:  # shown in the page instead of a dead app; the paths stay in the log
             log.exception("the demo KB could not be prepared")
-            self.error = f"The knowledge base could not be prepared: {e}"
+            reason = without_paths(e, {cache_root(): "the cache", self.kb_dir: "the KB folder", ROOT: "the app"})
+            self.error = f"The knowledge base could not be prepared: {reason}"
             self.status = self.error
 
     def _encode(self, path: str) -> KBStore:
@@ -89,21 +96,8 @@ class DemoKB:
                      file_fingerprint(*kb_files), batch_size=16, chunk_size=64, restart=True, on_progress=progress)
         return KBStore.load(path)
 
-    def add_entity(self, name: str, description: str, image_path: str = None) -> dict:
-        """Add an entity to the demo KB (encoded now, linkable at once); returns its record."""
-        import time
-        from mimic.data import Entity
-        from mimic.kbedit import edit_store
-        linker = self.linker
-        entity = Entity(index=0, name=name, attr=description, qid=f"user-{time.time_ns()}",
-                        images=[os.path.basename(image_path)] if image_path else [])
-        edit_store(linker.store.path, self.loaded.model, add=[entity],
-                   image_folder=os.path.dirname(image_path) if image_path else ".")
-        linker.refresh()
-        return linker.store.entities[-1]
-
-    def thumbnail(self, record: dict, size: int = 72) -> str:
-        """An <img> tag with the entity's picture (or a 'no image' note), cached by entity id."""
+    def thumbnail(self, record: dict, size: int = THUMBNAIL_SIDE) -> str:
+        """An <img> tag with the KB entity's picture (or a 'no image' note), cached by entity id."""
         key = (record.get("id"), record.get("image"))
         with self._lock:
             if key not in self._thumbs:
@@ -113,13 +107,19 @@ class DemoKB:
     @staticmethod
     def _make_thumbnail(path: str, size: int) -> str:
         if not path:
-            return '<span style="color:#888;font-size:12px">no image</span>'
+            return NO_IMAGE
         try:
             image = open_image(path)
         except ImageError:
             return '<span style="color:#888;font-size:12px">image missing</span>'
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
-        data = base64.b64encode(buffer.getvalue()).decode()
-        return f'<img src="data:image/jpeg;base64,{data}" style="max-height:{size}px;max-width:{size}px">'
+        return thumbnail_tag(image, size)
+
+
+def thumbnail_tag(image: Image.Image, size: int = THUMBNAIL_SIDE) -> str:
+    """An <img> tag holding a small JPEG of `image` (a data URL: nothing is served from disk)."""
+    image = image.copy()
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img src="data:image/jpeg;base64,{data}" style="max-height:{size}px;max-width:{size}px">'

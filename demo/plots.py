@@ -1,12 +1,15 @@
 """Plotly figures: the unit scores of the ranked entities and the TGLU token-to-token attention."""
 import plotly.graph_objects as go
 
+from .safe_text import plotly_literal
+
 UNIT_BARS = [("s_t", "S_T (text)", "#4C78A8"), ("s_v", "S_V (vision)", "#F58518"),
              ("s_c", "S_C (cross-modal)", "#54A24B"), ("score", "S (overall)", "#444444")]
 
 
 def _label(row) -> str:
-    return f"{row['rank']}. {row['name']}"
+    """The bar's label; plotly reads HTML in labels, so the KB's text is escaped."""
+    return f"{row['rank']}. {plotly_literal(row['name'])}"
 
 
 def score_chart(rows: list) -> go.Figure:
@@ -35,17 +38,18 @@ def score_chart(rows: list) -> go.Figure:
 def token_attention(attention, entity_tokens: list, mention_tokens: list, entity_name: str) -> go.Figure:
     """TGLU: each entity token (row) attending over the mention tokens (columns)."""
     def ticks(tokens):
-        return [("·" if t == "<|endoftext|>" and i > 0 and tokens[i - 1] in ("<|endoftext|>", "·") else t)
-                for i, t in enumerate(tokens)]
+        return [plotly_literal("·" if t == "<|endoftext|>" and i > 0 and tokens[i - 1] in ("<|endoftext|>", "·")
+                               else t) for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(
         z=attention.tolist() if hasattr(attention, "tolist") else attention,
         x=list(range(len(mention_tokens))), y=list(range(len(entity_tokens))), colorscale="Inferno",
-        customdata=[[[e, m] for m in mention_tokens] for e in entity_tokens],
+        customdata=[[[plotly_literal(e), plotly_literal(m)] for m in mention_tokens] for e in entity_tokens],
         hovertemplate="entity token <b>%{customdata[0]}</b><br>mention token <b>%{customdata[1]}</b>"
                       "<br>weight %{z:.3f}<extra></extra>"))
     fig.update_layout(height=720, margin=dict(l=110, r=10, t=40, b=110),
-                      title=dict(text=f"TGLU attention: tokens of '{entity_name}' (rows) over the mention's "
-                                      "tokens (columns); padding is attended too, as in the model", font=dict(size=13)))
+                      title=dict(text=f"TGLU attention: tokens of '{plotly_literal(entity_name)}' (rows) over the "
+                                      "mention's tokens (columns); padding is attended too, as in the model",
+                                 font=dict(size=13)))
     fig.update_xaxes(tickvals=list(range(len(mention_tokens))), ticktext=ticks(mention_tokens), tickangle=-60,
                      title="mention tokens")
     fig.update_yaxes(tickvals=list(range(len(entity_tokens))), ticktext=ticks(entity_tokens), autorange="reversed",

@@ -1,9 +1,14 @@
 """Checkpoints: the authors' Lightning `.ckpt` files and the project's own folder format.
 
 Own format, a folder:
-    config.json         {"format": "mimic-el", "version": 1, "mimic": MIMICConfig, "clip": CLIPConfig}
+    config.json         {"format": "mimic-el", "version": 1, "mimic": MIMICConfig (its `encoder` names the
+                        backbone), "clip": the CLIP's architecture (a transformers CLIPConfig, or
+                        {"open_clip": open_clip's model and preprocessing config})}
     model.safetensors   every weight, under the same keys as the authors' `state_dict`
-    tokenizer + preprocessor_config.json, so that the folder loads with no hub and no encoder folder
+    the tokenizer and the image settings, so that the folder loads with no hub and no encoder folder
+
+A checkpoint runs on the backbone it was trained on: asking for another (`encoder=`) is refused
+(mimic/backbones.py, `same_backbone`).
 
 Authors' format: a PyTorch Lightning checkpoint whose `state_dict` holds `encoder.clip.*`,
 `encoder.image_*_fc.*` and `matcher.*`; `hyper_parameters` is an OmegaConf DictConfig. It is read with
@@ -21,12 +26,10 @@ import zipfile
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import CLIPConfig, CLIPModel
-
-from .encoder import DEFAULT_ENCODER, clip_config
+from .backbones import architecture, from_architecture, is_open_clip, load_backbone, make_processor, same_backbone
+from .encoder import DEFAULT_ENCODER
 from .fileio import atomic_folder, write_json
 from .model import MIMIC, MIMICConfig
-from .processing import Processor
 
 FORMAT = "mimic-el"
 VERSION = 1
@@ -108,11 +111,19 @@ def _plain(value):
     return value
 
 
+def check_backbone(recorded: str, requested: str, source: str):
+    """Refuse to run a checkpoint on another backbone than the one it was trained on."""
+    if requested and recorded and not same_backbone(recorded, requested):
+        raise CheckpointError(f"{source}: this checkpoint was trained on the backbone {recorded!r} and cannot run on "
+                              f"{requested!r}; leave --encoder (MIMIC_ENCODER) out to use its own")
+
+
 def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     """A Lightning checkpoint written by the authors' code (or by our trainer, which uses the same keys).
 
-    The CLIP architecture comes from `encoder` (hub id or local folder); by default from the run's
-    `pretrained_model` when that folder exists here, else openai/clip-vit-base-patch32.
+    The CLIP architecture comes from `encoder` (a backbone name); by default from the run's
+    `pretrained_model` when that is an open_clip backbone or a folder that exists here, else
+    openai/clip-vit-base-patch32.
     """
     raw = read_torch_file(path)
     if not isinstance(raw, dict):
@@ -121,9 +132,12 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     if not isinstance(state, dict) or not any(str(k).startswith("matcher.") for k in state):
         raise CheckpointError(f"{path}: no MIMIC weights in it (expected a 'state_dict' with 'matcher.*' keys)")
     hparams = _plain(raw.get("hyper_parameters")) or {}
+    run_encoder = hparams.get("pretrained_model") if isinstance(hparams, dict) else None
+    if isinstance(run_encoder, str) and is_open_clip(run_encoder):
+        check_backbone(run_encoder, encoder, path)
     if encoder is None:
-        run_encoder = hparams.get("pretrained_model") if isinstance(hparams, dict) else None
-        encoder = run_encoder if isinstance(run_encoder, str) and os.path.isdir(run_encoder) else DEFAULT_ENCODER
+        usable = isinstance(run_encoder, str) and (is_open_clip(run_encoder) or os.path.isdir(run_encoder))
+        encoder = run_encoder if usable else DEFAULT_ENCODER
     try:
         config = MIMICConfig(encoder=encoder, **_dims_from_state(state))
     except CheckpointError as e:
@@ -134,11 +148,11 @@ def load_authors_checkpoint(path: str, encoder: str = None) -> MIMIC:
     if isinstance(hparams, dict) and isinstance(hparams.get("mimic_el"), dict):  # written by our trainer
         own = hparams["mimic_el"]
         config.units = tuple(own.get("units", config.units))
+        config.image_mode = own.get("image_mode", config.image_mode)
         config.metadata = dict(own.get("metadata", {}))
     if os.path.isfile(_nil_sidecar(path)):
-        with open(_nil_sidecar(path), encoding="utf-8") as f:
-            config.metadata["nil"] = json.load(f)
-    model = MIMIC(config, CLIPModel(clip_config(encoder)))
+        config.metadata["nil"] = read_nil_rule(_nil_sidecar(path))
+    model = MIMIC(config, load_backbone(encoder, pretrained=False))  # the architecture; the weights come from `state`
     return check_and_load_state(model, state, path).eval()
 
 
@@ -160,11 +174,12 @@ def save_model(model: MIMIC, folder: str):
         save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
         write_json(os.path.join(tmp, CONFIG), {"format": FORMAT, "version": VERSION,
                                                "mimic": model.config.to_dict(),
-                                               "clip": model.encoder.clip.config.to_dict()})
+                                               "clip": architecture(model.encoder.clip)})
         model.processor.save(tmp)
 
 
-def load_own_checkpoint(folder: str) -> MIMIC:
+def load_own_checkpoint(folder: str, encoder: str = None) -> MIMIC:
+    """A mimic-el folder; `encoder`, when given, must name the backbone it was trained on."""
     config_path = os.path.join(folder, CONFIG)
     try:
         with open(config_path, encoding="utf-8") as f:
@@ -176,23 +191,69 @@ def load_own_checkpoint(folder: str) -> MIMIC:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path}: not a mimic-el checkpoint (format is {meta.get('format')!r})"
                               if isinstance(meta, dict) else f"{config_path}: not a mimic-el checkpoint")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{folder}: written by a newer mimic-el (format version {meta['version']})")
-    config = MIMICConfig.from_dict(meta["mimic"])
-    clip_values = dict(meta["clip"])
-    clip = CLIPModel(CLIPConfig(**clip_values))
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{folder}: written by a newer mimic-el (format version {version!r})")
+    for key, what in (("mimic", "MIMIC settings"), ("clip", "CLIP architecture")):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{config_path}: the {what} (\"{key}\") are missing or not an object; the file "
+                                  "is damaged: save the checkpoint again")
+    try:
+        config = MIMICConfig.from_dict(meta["mimic"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: unusable settings ({type(e).__name__}: {e}); the file is damaged: "
+                              "save the checkpoint again")
+    check_backbone(config.encoder, encoder, folder)
+    try:
+        clip = from_architecture(dict(meta["clip"]))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: unusable CLIP architecture ({type(e).__name__}: {e}); the file is "
+                              "damaged: save the checkpoint again")
+    if not isinstance(config.metadata, dict):
+        raise CheckpointError(f"{config_path}: \"mimic\".\"metadata\" must be an object; the file is damaged")
+    if "nil" in config.metadata:
+        config.metadata["nil"] = check_nil_rule(config.metadata["nil"], f"{config_path}: the NIL rule")
     try:
         state = load_file(os.path.join(folder, WEIGHTS))
     except FileNotFoundError:
         raise CheckpointError(f"{folder}: {WEIGHTS} is missing")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{os.path.join(folder, WEIGHTS)}: damaged or truncated weights file ({e})")
-    model = MIMIC(config, clip, Processor.for_encoder(folder, config.text_max_length))
+    model = MIMIC(config, clip, make_processor(config.encoder, clip, config.text_max_length, folder=folder))
     return check_and_load_state(model, state, folder).eval()
 
 
 def _nil_sidecar(path: str) -> str:
     return path + ".nil.json"
+
+
+def check_nil_rule(rule, source: str) -> dict:
+    """A NIL rule as `calibrate-nil` stores it ({"feature": "score" or "margin", "threshold": number, ...}),
+    or CheckpointError naming `source`."""
+    from .nil import FEATURES
+    if not isinstance(rule, dict):
+        raise CheckpointError(f"{source}: expected a JSON object with \"feature\" and \"threshold\"; run "
+                              "calibrate-nil again")
+    if rule.get("feature") not in FEATURES:
+        raise CheckpointError(f"{source}: \"feature\" must be one of {', '.join(FEATURES)}, got "
+                              f"{str(rule.get('feature'))[:40]!r}; run calibrate-nil again")
+    threshold = rule.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
+        raise CheckpointError(f"{source}: \"threshold\" must be a number; run calibrate-nil again")
+    return rule
+
+
+def read_nil_rule(path: str) -> dict:
+    """The NIL rule stored beside a .ckpt file, checked."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rule = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); run calibrate-nil again, or delete the file to "
+                              "link without a NIL rule")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})")
+    return check_nil_rule(rule, path)
 
 
 def save_nil_rule(path: str, rule: dict) -> str:
@@ -211,7 +272,7 @@ def save_nil_rule(path: str, rule: dict) -> str:
 def load_checkpoint(path: str, encoder: str = None) -> MIMIC:
     """A checkpoint of either format: a folder (own format) or a file (authors' Lightning .ckpt)."""
     if os.path.isdir(path):
-        return load_own_checkpoint(path)
+        return load_own_checkpoint(path, encoder)
     if os.path.basename(path) in (WEIGHTS, CONFIG):
-        return load_own_checkpoint(os.path.dirname(path) or ".")
+        return load_own_checkpoint(os.path.dirname(path) or ".", encoder)
     return load_authors_checkpoint(path, encoder)

@@ -17,12 +17,16 @@ authors' Lightning .ckpt files or mimic-el folders (model.safetensors + config.j
 
 EPILOG = """\
 examples:
+  python -m mimic data check --config configs/richpediamel.yaml
   python -m mimic train --config configs/wikimel.yaml
   python -m mimic evaluate --config configs/wikimel.yaml --checkpoint runs/WikiMEL/best \\
       --split test --ranks-out ranks.jsonl --metrics-out metrics.json
   python -m mimic encode-kb --config configs/wikimel.yaml --checkpoint runs/WikiMEL/best --out kb/wikimel
   python -m mimic link --kb kb/wikimel --sentence "Hopper painted Nighthawks." --mention Hopper
   python -m mimic kb add --kb kb/wikimel --entities new_entities.json
+  python -m mimic explain --kb kb/wikimel --sentence "Hopper painted Nighthawks." --mention Hopper --out why/
+  python -m mimic push-to-hub runs/WikiMEL/best alice/mimic-wikimel
+  python -m mimic encode-kb --entities e.json --init zero-shot --encoder open_clip:ViT-B-32/laion2b_s34b_b79k --out kb/e
 without a trained checkpoint, '--init zero-shot' makes every unit a CLIP similarity.
 run 'python -m mimic <command> --help' for the options of a command."""
 
@@ -39,14 +43,34 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _model_options(p, checkpoint_required=False):
     p.add_argument("--checkpoint", required=checkpoint_required, metavar="K",
-                   help="trained weights: an authors' Lightning .ckpt file or a mimic-el checkpoint folder")
+                   help="trained weights: an authors' Lightning .ckpt file, a mimic-el checkpoint folder, or a "
+                        "Hugging Face Hub repo owner/name (or file owner/name/path.ckpt)")
     p.add_argument("--encoder", metavar="E", default=None,
-                   help="CLIP hub id or local folder (architecture, tokenizer, image processor); default: the "
-                        "checkpoint's own, else the config's pretrained_model, else openai/clip-vit-base-patch32")
+                   help="the CLIP backbone: a transformers hub id or local folder, or open_clip:MODEL/PRETRAINED "
+                        "(e.g. open_clip:ViT-B-32/laion2b_s34b_b79k; open_clip:MODEL alone = random weights); "
+                        "default: the checkpoint's own, else the config's pretrained_model, else "
+                        "openai/clip-vit-base-patch32. A checkpoint refuses another backbone than its own")
     p.add_argument("--init", choices=["zero-shot", "random"], default=None,
                    help="without --checkpoint: how to initialise the MIMIC layers on the pretrained CLIP "
                         "(zero-shot: every unit reduces to a CLIP similarity; random: untrained)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
+    p.add_argument("--image-mode", choices=["default", "authors"], default=None,
+                   help="default: every image made upright RGB (grayscale, CMYK, 16-bit, palette, alpha "
+                        "converted; EXIF orientation applied; size capped); authors: exactly the authors' "
+                        "pipeline (non-RGB images become zeros, no EXIF rotation, only PIL's own size limit). "
+                        "Default: the mode the checkpoint (or the store) records, else default")
+
+
+def _allow_missing_images(p):
+    p.add_argument("--allow-missing-images", action="store_true",
+                   help="go on when more than half of a split's (or the KB's) images are missing (they "
+                        "become the zero image); without it the command refuses and says where they might be")
+
+
+def _prog() -> str:
+    """"mimic" when run as the console command, "python -m mimic" as a module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m mimic" if name in ("__main__.py", "-c", "") else name
 
 
 def _wait_option(p):
@@ -55,24 +79,36 @@ def _wait_option(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mimic", description=DESCRIPTION, epilog=EPILOG,
+    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_Formatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
 
     p = sub.add_parser("train", formatter_class=_Formatter, help="train MIMIC on a dataset in the authors' layout",
                        description="Train MIMIC with the paper's settings (from the YAML config): AdamW lr 1e-5, "
-                                   "batch 128, <= 20 epochs, validation every 2 epochs, early stopping on dev MRR "
-                                   "(patience 3), best checkpoint by dev MRR, seed 43. Writes <output-dir>/<run_name>/: "
+                                   "weight decay 1e-4 except biases (the authors' filter), batch 128, <= 20 epochs, "
+                                   "validation every 2 epochs, early stopping on dev MRR (patience 3), best "
+                                   "checkpoint by dev MRR, seed 43 (it also draws the MIMIC layers), Lightning "
+                                   "deterministic=True. Writes <output-dir>/<run_name>/: "
                                    "checkpoints/{best,last}.ckpt (authors' format), best/ (mimic-el format), "
-                                   "result.json (test metrics of the best checkpoint), CSV logs.")
+                                   "result.json (test metrics of the best checkpoint), CSV logs.",
+                       epilog="the paper's low-resource tables (10 %/20 % of RichpediaMEL and WikiDiverse) use "
+                              "subset files the authors released: put such a file in data.train_file, e.g.\n"
+                              "  python -m mimic train --config configs/richpediamel.yaml "
+                              "--set data.train_file=data/RichpediaMEL/<their 10 % subset>.json\n"
+                              "--train-fraction draws a subset of its own, which is not theirs.")
     p.add_argument("--config", required=True, metavar="C.yaml", help="run config in the authors' YAML layout")
     _model_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run from its checkpoints/last.ckpt")
     p.add_argument("--output-dir", default=None, help="where runs are written (config: output_dir, default runs/)")
     p.add_argument("--train-fraction", type=float, default=None, metavar="F",
-                   help="low-resource setting: train on this share of the training set (e.g. 0.1), chosen "
-                        "reproducibly from the seed")
+                   help="train on this share of the training set (e.g. 0.1), drawn reproducibly from the seed; "
+                        "NOT the authors' released low-resource subset (see below)")
+    p.add_argument("--no-decay", choices=["authors", "norms"], default=None,
+                   help="parameters without weight decay: authors = names containing 'bias' or "
+                        "'LayerNorm.weight' (in practice biases only: no parameter has that name); norms = "
+                        "biases and every LayerNorm weight (config: optim.no_decay, default authors)")
+    _allow_missing_images(p)
     p.add_argument("--drop-unit", action="append", default=[], choices=["tglu", "vdlu", "cmfu"],
                    help="ablation: remove a unit from S together with its unit-consistent loss (repeatable)")
     p.add_argument("--drop-loss", action="append", default=[], choices=["tglu", "vdlu", "cmfu"],
@@ -93,8 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="mentions per batch (config: data.eval_batch_size)")
     p.add_argument("--entity-batch-size", type=int, default=None,
                    help="entities per encoder batch (config: data.embed_update_batch_size)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.eval_chunk_size=2000 (entities scored at once)")
+    _allow_missing_images(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("data", formatter_class=_Formatter, help="check a dataset before training on it",
+                       description="Check a dataset in the authors' layout.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="<check>", required=True)
+    q = data_sub.add_parser("check", formatter_class=_Formatter, help="report what a dataset holds",
+                            description="Report, per split and for the KB: mentions (entities), nil answers, "
+                                        "answers not in qid2id or whose entity is not in the KB, images named, and "
+                                        "of those: missing, unreadable, non-RGB, EXIF-rotated, over the default "
+                                        "mode's size cap, and how many the two image modes (default, authors) "
+                                        "treat differently. Images are judged from their headers; --decode "
+                                        "decodes each one too (slower; catches truncated files). Says where "
+                                        "missing images are when a folder beside the configured one holds them "
+                                        "(the authors' RichpediaMEL archive has mention_images/ where its config "
+                                        "says mention_image). Exit status 1 when train or evaluate would refuse "
+                                        "the dataset.",
+                            epilog="example:\n  python -m mimic data check --config configs/richpediamel.yaml")
+    q.add_argument("--config", required=True, metavar="C.yaml", help="run config in the authors' YAML layout")
+    q.add_argument("--split", action="append", choices=["train", "dev", "test"], default=None,
+                   help="check only this split (repeatable; default: all the config names)")
+    q.add_argument("--decode", action="store_true", help="decode every image (catches truncated files)")
+    q.add_argument("--out", metavar="R.json", help="also write the report as JSON")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("encode-kb", formatter_class=_Formatter, help="pre-encode a KB for fast linking",
                        description="Encode every entity once and precompute every entity-side term of the three "
@@ -151,12 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
                               " (paths relative to the queries file)\n"
                               'output: {"id", "nil", "results": [{"rank", "index", "id", "qid", "name", "score", '
                               '"s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}\n'
-                              "a result's \"id\" is the entity's stable id, the one 'kb update' and 'kb remove' take")
+                              "a result's \"id\" is the entity's stable id, the one 'kb update' and 'kb remove' take\n"
+                              "--image of a missing or unreadable file is an error; in a queries file, a line whose "
+                              'image is missing is linked without it, marked "image_missing": true, and counted '
+                              "in the log")
     p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
     _model_options(p)
     p.add_argument("--sentence", help="the sentence the mention stands in")
     p.add_argument("--mention", help="the words of the sentence that name the entity")
-    p.add_argument("--image", metavar="P", help="the mention's image (optional)")
+    p.add_argument("--image", metavar="P", help="the mention's image (optional; a missing or unreadable file is an "
+                                                "error)")
     p.add_argument("--queries", metavar="Q.jsonl", help="many mentions, one JSON object a line")
     p.add_argument("--out", metavar="O.jsonl", help="with --queries: where to write the results")
     p.add_argument("--top-k", type=int, default=10, help="how many entities to return")
@@ -216,6 +281,33 @@ def build_parser() -> argparse.ArgumentParser:
         _wait_option(q)
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("explain", formatter_class=_Formatter,
+                       help="relevance maps: which patches and words moved the score of a candidate",
+                       description="Explain one (mention, entity) pair: relevance maps over the patches of the "
+                                   "mention's and the entity's image, for S and for each unit's score (S_V, S_C; "
+                                   "S_T reads no image), written as PNG overlays, and the relevance of each of the "
+                                   "mention's words for S and S_T, printed. The method is Chefer et al.'s "
+                                   "gradient-weighted attention relevance (ICCV 2021), with every output token "
+                                   "MIMIC reads taken into account (see the README). With a trained checkpoint the "
+                                   "CMFU patch attention alpha is drawn too (it is uniform under zero-shot).",
+                       epilog="examples:\n"
+                              "  python -m mimic explain --kb kb/demo --sentence \"A portrait of Hopper was unveiled.\" "
+                              "--mention Hopper --image photo.jpg --out why/\n"
+                              "  python -m mimic explain --kb kb/demo --sentence ... --mention ... --qid Q7817 --out why/\n"
+                              "writes <out>/mention-s.png, mention-s_v.png, mention-s_c.png, entity-*.png (when the "
+                              "side has an image) and explanation.json (every value)")
+    p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
+    _model_options(p)
+    p.add_argument("--sentence", required=True, help="the sentence the mention stands in")
+    p.add_argument("--mention", required=True, help="the words of the sentence that name the entity")
+    p.add_argument("--image", metavar="P", help="the mention's image (optional)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--entity", type=int, metavar="INDEX", help="the entity to explain, by KB index")
+    which.add_argument("--qid", metavar="Q", help="the entity to explain, by QID")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write the PNG overlays and JSON into")
+    p.add_argument("--overwrite", action="store_true", help="replace files of an earlier explanation in --out")
+    p.add_argument("--exact", action="store_true", help="find the best-ranked entity exactly (without --entity/--qid)")
+
     p = sub.add_parser("calibrate-nil", formatter_class=_Formatter, help="choose the NIL threshold on a dev split",
                        description="Choose the rule that answers NIL (no matching entity in the KB): a threshold "
                                    "on the best score S, or on its margin over the runner-up. A share of the dev "
@@ -230,6 +322,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=43, help="chooses which mentions lose their gold entity")
     p.add_argument("--out", metavar="NIL.json", help="also write the rule and its report here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("push-to-hub", formatter_class=_Formatter, help="publish a checkpoint on the Hugging Face Hub",
+                       description="Upload a checkpoint as a Hugging Face Hub model repo: the self-contained mimic-el "
+                                   "folder (an authors' .ckpt is converted first) with a generated model card "
+                                   "(README.md: base model, tags, the datasets, metrics and training settings of the "
+                                   "run when the checkpoint sits in a training run's folder, the NIL rule, how to "
+                                   "load it). The repo is created when it does not exist. Log in first "
+                                   "(`hf auth login`) or set HF_TOKEN. Others then use it with --checkpoint "
+                                   "owner/name, MIMIC_CHECKPOINT=owner/name or Linker.open(kb, checkpoint=...).",
+                       epilog="examples:\n"
+                              "  mimic push-to-hub runs/WikiMEL/best alice/mimic-wikimel\n"
+                              "  mimic push-to-hub runs/WikiMEL/checkpoints/best.ckpt alice/mimic-wikimel --private\n"
+                              "  mimic push-to-hub runs/WikiMEL/best alice/mimic-wikimel --stage review/  # no upload")
+    p.add_argument("checkpoint", metavar="K", help="a mimic-el checkpoint folder or a Lightning .ckpt file")
+    p.add_argument("repo_id", metavar="owner/name", help="the Hub model repo to create or update")
+    p.add_argument("--private", action="store_true", help="create the repo private (applies when it is created)")
+    p.add_argument("--encoder", metavar="E", default=None,
+                   help="for a .ckpt that does not record its backbone: the CLIP it was trained on")
+    p.add_argument("--stage", metavar="DIR", default=None,
+                   help="write the folder that would be uploaded (with its model card) to DIR and stop, to review it")
     return parser
 
 
@@ -239,7 +351,12 @@ def load_model(args, config=None):
     if not args.checkpoint and not args.init:
         raise SystemExit("error: give --checkpoint K, or --init zero-shot (CLIP similarities) or --init random")
     encoder = args.encoder or (config.pretrained_model if config is not None and not args.checkpoint else None)
-    return load(args.checkpoint, encoder, args.init, args.device)
+    if config is None:
+        return load(args.checkpoint, encoder, args.init, args.device, image_mode=args.image_mode)
+    from .runconfig import apply_run_config, mimic_sizes
+    model = load(args.checkpoint, encoder, args.init, args.device, seed=config.seed, sizes=mimic_sizes(config),
+                 image_mode=args.image_mode)
+    return apply_run_config(model, config)
 
 
 def cmd_train(args):
@@ -250,6 +367,8 @@ def cmd_train(args):
         overrides.append(f"output_dir={args.output_dir}")
     if args.train_fraction is not None:
         overrides.append(f"train_fraction={args.train_fraction}")
+    if args.no_decay:
+        overrides.append(f"optim.no_decay={args.no_decay}")
     config = load_config(args.config, overrides)
     units = [u for u in config.ablation.units if u not in args.drop_unit]
     config.ablation.units = units
@@ -259,7 +378,9 @@ def cmd_train(args):
     model = load_model(args, config)
     model.config.units = tuple(units)
     model.matcher.units = tuple(units)
-    result = train(model, config, resume=args.resume, progress=not args.no_progress)
+    config.pretrained_model = model.config.encoder  # the run's checkpoints record their backbone
+    result = train(model, config, resume=args.resume, progress=not args.no_progress,
+                   allow_missing_images=args.allow_missing_images)
     print(f"best checkpoint: {result.get('best_model') or result['best_checkpoint']}")
     if "test_metrics" in result:
         print(_metrics_table(result["test_metrics"]))
@@ -274,20 +395,36 @@ def _metrics_table(m: dict) -> str:
 
 def cmd_evaluate(args):
     from .data import Dataset, load_config
+    from .datacheck import refuse_missing_images
     from .evaluate import evaluate
     from .fileio import write_json, write_jsonl
     config = load_config(args.config, args.set)
     dataset = Dataset(config)
     dataset.split(args.split)  # fail on a bad split file before the model is loaded
+    refuse_missing_images(dataset, [args.split], allow=args.allow_missing_images)
     model = load_model(args, config)
     rows, metrics = evaluate(model, dataset, args.split, args.batch_size or config.data.eval_batch_size,
                              progress=not args.no_progress,
-                             entity_batch_size=args.entity_batch_size or config.data.embed_update_batch_size)
+                             entity_batch_size=args.entity_batch_size or config.data.embed_update_batch_size,
+                             chunk_size=config.data.eval_chunk_size)
     if args.ranks_out:
         write_jsonl(args.ranks_out, rows)
     if args.metrics_out:
         write_json(args.metrics_out, metrics)
     print(_metrics_table(metrics))
+
+
+def cmd_data(args):
+    from .data import load_config
+    from .datacheck import check_dataset, format_report
+    from .fileio import write_json
+    config = load_config(args.config, args.set)
+    report = check_dataset(config, tuple(args.split or ("train", "dev", "test")), decode=args.decode,
+                           progress=not args.no_progress)
+    print(format_report(report))
+    if args.out:
+        write_json(args.out, report)
+    return 1 if report["refuse"] else 0
 
 
 def _kb_source(args):
@@ -329,8 +466,14 @@ def cmd_encode_kb(args):
     shard = _parse_shard(args.shard) if args.shard else None
     gpu = next(model.parameters()).device.type == "cuda"
     autocast = {"none": None, "auto": "fp16" if gpu else None}.get(args.autocast, args.autocast)
-    source = {"checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
-              "encoder": args.encoder or model.config.encoder, "init": args.init}
+    local = args.checkpoint and os.path.exists(args.checkpoint)  # else a Hub name, kept as it is
+    source = {"checkpoint": os.path.abspath(args.checkpoint) if local else args.checkpoint,
+              "encoder": args.encoder or model.config.encoder, "init": args.init,
+              "image_mode": model.config.image_mode}
+    if args.init:  # what it takes to build the same model again
+        c = model.config
+        source.update(seed=c.metadata.get("seed", 0), sizes={"dv": c.dv, "tglu_dim": c.tglu_dim, "vdlu_dim": c.vdlu_dim,
+                                                              "cmfu_dim": c.cmfu_dim, "text_max_length": c.text_max_length})
     encode_store(model, entities, folder, args.out, kb_fingerprint, batch_size=args.batch_size or (256 if gpu else 64),
                  chunk_size=args.chunk_size, shard=shard, precision=args.precision, restart=args.restart,
                  progress=not args.no_progress, source=source, autocast=autocast, wait=args.wait)
@@ -341,10 +484,11 @@ def cmd_encode_kb(args):
 
 
 def _read_queries(path):
+    """-> (queries, image_missing): a query whose image file is missing gets no image and a True flag."""
     from .data import DataError
     from .linker import Query, QueryError, check_query
     base = os.path.dirname(os.path.abspath(path))
-    queries = []
+    queries, image_missing, missing, with_image = [], [], [], 0
     try:
         lines = open(path, encoding="utf-8").read().splitlines()
     except FileNotFoundError:
@@ -367,9 +511,18 @@ def _read_queries(path):
         image = row.get("image")
         if image is not None and not isinstance(image, str):
             raise DataError(f"{path}: line {number} (id {row.get('id')!r}): 'image' must be a path or null")
-        queries.append(Query(sentence, mention, os.path.join(base, image) if image else None,
-                             row.get("id", number)))
-    return queries
+        image_path = os.path.join(base, image) if image else None
+        if image_path and not os.path.isfile(image_path):
+            missing.append(f"line {number}: {image}")
+            image_path = None
+        queries.append(Query(sentence, mention, image_path, row.get("id", number)))
+        image_missing.append(image_path is None and bool(image))
+        with_image += bool(image)
+    if missing:
+        logging.getLogger("mimic").warning("%d of %d query images are missing (first: %s): those mentions are linked "
+                                           "without an image, and their output lines say \"image_missing\": true",
+                                           len(missing), with_image, missing[0])
+    return queries, image_missing
 
 
 def _results_table(rows):
@@ -381,7 +534,9 @@ def _results_table(rows):
 
 def cmd_link(args):
     from tqdm.auto import tqdm
+    from .data import DataError
     from .fileio import write_jsonl
+    from .images import open_image
     from .linker import Linker
     from .store import KBStore
     single = args.sentence is not None or args.mention is not None
@@ -389,7 +544,11 @@ def cmd_link(args):
         raise SystemExit("error: give either --sentence and --mention, or --queries Q.jsonl --out O.jsonl")
     if args.queries and not args.out:
         raise SystemExit("error: --queries needs --out O.jsonl")
-    queries = _read_queries(args.queries) if args.queries else None
+    queries, image_missing = _read_queries(args.queries) if args.queries else (None, None)
+    if single and args.image:  # a missing or damaged file is an error, not a text-only link
+        if not os.path.isfile(args.image):
+            raise DataError(f"{args.image}: image file not found")
+        open_image(args.image)  # the model's own image pipeline (and image mode) then reads the file
     store = KBStore.load(args.kb)
     linker = Linker(_store_model(args, store), store, candidates=args.candidates)
     if single:
@@ -403,23 +562,105 @@ def cmd_link(args):
         return
     bar = tqdm(total=len(queries), unit="query", desc="link", disable=args.no_progress)
     def results():
-        for query, result in zip(queries, linker.link_many(queries, args.top_k, args.exact)):
+        for query, missing, result in zip(queries, image_missing, linker.link_many(queries, args.top_k, args.exact)):
             bar.update(1)
-            yield {"id": query.id, **result}
+            yield {"id": query.id, **({"image_missing": True} if missing else {}), **result}
     write_jsonl(args.out, results())
     bar.close()
-    print(f"{len(queries)} results written to {args.out}")
+    missing = sum(image_missing)
+    print(f"{len(queries)} results written to {args.out}" + (f" ({missing} with a missing image)" if missing else ""))
 
 
 def _store_model(args, store):
-    """The model the options ask for, else the one recorded in the store."""
+    """The model the options ask for, else the one recorded in the store (in the store's image mode)."""
     from .loading import load_model as load
-    if args.checkpoint or args.init:
-        return load(args.checkpoint, args.encoder, args.init, args.device)
     source = store.manifest.get("source") or {}
+    stored_mode = source.get("image_mode", "default")
+    image_mode = getattr(args, "image_mode", None)
+    if image_mode and image_mode != stored_mode:
+        raise SystemExit(f"error: the store was encoded with --image-mode {stored_mode}, not {image_mode}: "
+                         f"link with --image-mode {stored_mode}, or re-encode the KB")
+    if args.checkpoint or args.init:
+        return load(args.checkpoint, args.encoder, args.init, args.device, image_mode=stored_mode)
     if not source.get("checkpoint") and not source.get("init"):
         raise SystemExit("error: the store does not record its model: give --checkpoint or --init")
-    return load(source.get("checkpoint"), args.encoder or source.get("encoder"), source.get("init"), args.device)
+    return load(source.get("checkpoint"), args.encoder or source.get("encoder"), source.get("init"), args.device,
+                seed=source.get("seed", 0), sizes=source.get("sizes"), image_mode=stored_mode)
+
+
+def _explained_entity(args, linker) -> int:
+    """--entity, --qid, or the best-ranked entity for the mention."""
+    from .linker import check_entity_index
+    from .data import DataError
+    if args.entity is not None:
+        return check_entity_index(args.entity, len(linker.store))
+    if args.qid:
+        for i, meta in enumerate(linker.store.entities):
+            if meta.get("qid") == args.qid or meta.get("id") == args.qid:
+                return i
+        raise DataError(f"{args.kb}: no entity with QID {args.qid!r}")
+    return linker.link(args.sentence, args.mention, args.image, 1, args.exact)["results"][0]["index"]
+
+
+def _word_table(relevance: dict) -> str:
+    top = max(max(relevance["s"], default=0), 1e-30)
+    lines = [f"{'word':<16} {'S':>8} {'S_T':>8}"]
+    for token, s, s_t in zip(relevance["tokens"], relevance["s"], relevance["s_t"]):
+        lines.append(f"{token[:16]:<16} {s:8.3f} {s_t:8.3f}  {'█' * round(12 * s / top)}")
+    return "\n".join(lines)
+
+
+def cmd_explain(args):
+    from .data import DataError
+    from .fileio import atomic_file, make_dirs, write_json
+    from .images import ImageError, open_image
+    from .linker import Linker
+    from .heatmap import overlay, overlay_grid
+    from .relevance import UnsupportedBackbone
+    from .store import KBStore
+    store = KBStore.load(args.kb)
+    linker = Linker(_store_model(args, store), store)
+    index = _explained_entity(args, linker)
+    if args.image and not os.path.isfile(args.image):
+        raise DataError(f"{args.image}: image file not found")
+    image = open_image(args.image) if args.image else None  # a bad image is an error here, not zeros
+    try:  # the model's own image pipeline (and image mode) reads the file, as `link` does
+        out = linker.explain(args.sentence, args.mention, args.image, index)
+    except UnsupportedBackbone as e:
+        raise SystemExit(f"error: {e}")
+    meta = linker.store.entities[index]
+    try:
+        entity_image = open_image(os.path.join(store.path, meta["image"])) if meta.get("image") else None
+    except ImageError:
+        entity_image = None  # then its relevance grid is null too
+    pictures = {}
+    for side, picture in (("mention", image), ("entity", entity_image)):
+        grids = out[f"{side}_relevance"]
+        if picture is None or grids is None:
+            continue
+        for unit in ("s", "s_v", "s_c"):  # S_T reads no image: its maps are zero
+            pictures[f"{side}-{unit}.png"] = overlay_grid(picture, grids[unit])
+        if linker.model.config.metadata.get("init") != "zero-shot":
+            pictures[f"{side}-alpha.png"] = overlay(picture, out[f"{side}_alpha"].tolist())
+    files = [*pictures, "explanation.json"]
+    taken = [f for f in files if os.path.exists(os.path.join(args.out, f))]
+    if taken and not args.overwrite:
+        raise SystemExit(f"error: {args.out} already holds {', '.join(taken)}; choose another --out or pass --overwrite")
+    make_dirs(args.out)
+    for name, picture in pictures.items():
+        with atomic_file(os.path.join(args.out, name), "wb") as f:
+            picture.save(f, "PNG")
+    record = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in out.items()}
+    write_json(os.path.join(args.out, "explanation.json"),
+               {"sentence": args.sentence, "mention": args.mention, "entity": {"index": index, **meta}, **record})
+    scores = out["scores"]
+    print(f"{meta.get('name')} ({meta.get('qid') or index}): S {scores['s']:.3f}  S_T {scores['s_t']:.3f}  "
+          f"S_V {scores['s_v']:.3f}  S_C {scores['s_c']:.3f}")
+    print(_word_table(out["token_relevance"]))
+    for side in ("mention", "entity"):
+        if out[f"{side}_relevance"] is None:
+            print(f"the {side} has no image: no patch relevance")
+    print(f"written to {args.out}: {', '.join(files)}")
 
 
 def cmd_kb(args):
@@ -483,8 +724,19 @@ def cmd_calibrate_nil(args):
           f"(without NIL: {100 * report['accuracy_without_nil']:.2f} %)")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode-kb": cmd_encode_kb, "link": cmd_link,
-            "kb": cmd_kb, "calibrate-nil": cmd_calibrate_nil}
+def cmd_push_to_hub(args):
+    from .hub import push_to_hub, stage
+    if args.stage:
+        stage(args.checkpoint, args.stage, args.repo_id, args.encoder)
+        print(f"staged in {args.stage} (README.md is the model card); nothing was uploaded")
+        return
+    url = push_to_hub(args.checkpoint, args.repo_id, private=args.private, encoder=args.encoder)
+    print(f"published: {url}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "encode-kb": cmd_encode_kb,
+            "link": cmd_link, "kb": cmd_kb, "calibrate-nil": cmd_calibrate_nil, "push-to-hub": cmd_push_to_hub,
+            "explain": cmd_explain}
 
 
 def main(argv=None):
@@ -498,11 +750,11 @@ def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .errors import USER_ERRORS
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

@@ -5,9 +5,14 @@
     *_{train,dev,test}.json
                     [{"id", "sentence", "mentions" (URL-quoted), "imgPath", "answer" (QID or "nil")}, ...]
 
-Entities are sorted by `id`; the list position is the entity index. A mention's image is read from the
-mention image folder as `<imgPath's base name up to its first dot>.jpg` (the authors converted every
-mention image to JPEG and name them so). Every problem is reported with the file and the entry.
+Entities are sorted by `id`; the list position is the entity index (the score column). qid2id's values
+are entity ids: a QID belongs to the entity with that `id`, and a mention's gold entity is the position
+of that entity. In the authors' released data the ids are 0..N-1, so id and position coincide; in a KB
+with gaps (a subset, a filtered KB) only the mapping by id is right (their training code looks entities
+up by id too; their evaluation uses the value as a position, which is wrong there). A mention's image
+is read from the mention image folder as `<imgPath's base name up to its first dot>.jpg` (the authors
+converted every mention image to JPEG and name them so). Every problem is reported with the file and
+the entry.
 """
 import json
 import os
@@ -87,9 +92,10 @@ def read_qid2id(path: str) -> dict:
 
 
 def read_kb(path: str, qid2id: dict = None, data=None) -> list:
-    """kb_entity.json -> Entities sorted by id (position = entity index), names unquoted."""
+    """kb_entity.json -> Entities sorted by id (position = entity index), names unquoted, each with the
+    QID that qid2id gives its id."""
     data = _json_list(path, "KB entity", "entities", data)
-    entities, seen = [], {}
+    by_id, seen = [], {}
     for position, entry in enumerate(data):
         ident = _field(path, position, entry, "id", (int,), "entity")
         if ident in seen:
@@ -104,13 +110,19 @@ def read_kb(path: str, qid2id: dict = None, data=None) -> list:
         images = entry.get("image_list") or []
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
             raise DataError(f"{path}: entity #{position} (id {ident}): 'image_list' must be a list of file names")
-        entities.append(Entity(index=ident, name=unquote(name), attr=attr, images=list(images)))
-    entities.sort(key=lambda e: e.index)
-    qid_of = {index: qid for qid, index in (qid2id or {}).items()}
-    for position, entity in enumerate(entities):
+        by_id.append((ident, Entity(index=ident, name=unquote(name), attr=attr, images=list(images))))
+    by_id.sort(key=lambda pair: pair[0])
+    qid_of = {ident: qid for qid, ident in (qid2id or {}).items()}
+    for position, (ident, entity) in enumerate(by_id):
         entity.index = position
-        entity.qid = qid_of.get(position)
-    return entities
+        entity.qid = qid_of.get(ident)
+    return [entity for _, entity in by_id]
+
+
+def read_kb_ids(path: str, data=None) -> list:
+    """The `id` of every entity of kb_entity.json, sorted (position -> id)."""
+    data = _json_list(path, "KB entity", "entities", data)
+    return sorted(_field(path, position, entry, "id", (int,), "entity") for position, entry in enumerate(data))
 
 
 def read_plain_entities(path: str, data=None) -> list:
@@ -148,25 +160,31 @@ def read_entity_file(path: str, qid2id_path: str = None) -> list:
 
 
 def read_mentions(path: str, qid2id: dict = None, skip_nil: bool = True) -> list:
-    """A split file -> Mentions in file order (nil answers skipped unless asked)."""
+    """A split file -> Mentions in file order (nil answers skipped unless asked). Every mention needs an
+    "answer" (a QID, or "nil"); with `qid2id`, a QID it does not know is refused."""
     data = _json_list(path, "mention split", "mentions")
     mentions = []
     for position, entry in enumerate(data):
         sentence = _field(path, position, entry, "sentence", (str,), "mention")
         words = _field(path, position, entry, "mentions", (str,), "mention")
+        answer = _field(path, position, entry, "answer", (str,), "mention")
         image = entry.get("imgPath") or None
         if image is not None and not isinstance(image, str):
             raise DataError(f"{path}: mention #{position} (id {entry.get('id')!r}): 'imgPath' must be text")
-        answer = entry.get("answer")
-        if answer is not None and not isinstance(answer, str):
-            raise DataError(f"{path}: mention #{position} (id {entry.get('id')!r}): 'answer' must be a QID string")
         if answer == "nil" and skip_nil:
             continue
-        if qid2id is not None and answer is not None and answer != "nil" and answer not in qid2id:
+        if qid2id is not None and answer != "nil" and answer not in qid2id:
             raise DataError(f"{path}: mention #{position} (id {entry.get('id')!r}): answer {answer!r} is not in qid2id")
         mentions.append(Mention(id=entry.get("id", position), sentence=sentence, mention=unquote(words),
                                 image=image, answer=answer))
     return mentions
+
+
+def split_files(value) -> list:
+    """A config's split file entry: one path, or a list of them (read one after the other, as the authors do)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def mention_image_name(img_path: str) -> str:
@@ -203,13 +221,15 @@ DEFAULTS = {
              "entity": None, "train_file": None, "dev_file": None, "test_file": None, "batch_size": 128,
              "num_workers": 0, "text_max_length": 40, "eval_chunk_size": 6000, "eval_batch_size": 20,
              "embed_update_batch_size": 512},
-    "model": {"input_hidden_dim": 512, "input_image_hidden_dim": 768, "hidden_dim": 96, "dv": 96, "dt": 512,
+    # widths of the encoder's outputs: null = the loaded encoder's (a value given is checked against it)
+    "model": {"input_hidden_dim": None, "input_image_hidden_dim": None, "hidden_dim": 96, "dv": 96, "dt": None,
               "TGLU_hidden_dim": 96, "IDLU_hidden_dim": 96, "CMFU_hidden_dim": 96},
     "trainer": {"max_epochs": 20, "check_val_every_n_epoch": 2, "num_sanity_val_steps": 0, "log_every_n_steps": 30},
     # ours: ablations, low-resource share, optimiser constants and early stopping
     "ablation": {"units": ["tglu", "vdlu", "cmfu"], "unit_losses": ["tglu", "vdlu", "cmfu"]},
     "train_fraction": 1.0,
-    "optim": {"betas": [0.9, 0.999], "eps": 1e-4, "weight_decay": 1e-4},
+    # no_decay: "authors" (their name filter: biases only, in practice) or "norms" (biases and LayerNorm weights)
+    "optim": {"betas": [0.9, 0.999], "eps": 1e-4, "weight_decay": 1e-4, "no_decay": "authors"},
     "early_stopping_patience": 3,
     "output_dir": "runs",
 }
@@ -225,45 +245,80 @@ def load_config(path: str, overrides: list = ()):
         raise DataError(f"{path}: not a valid YAML config ({e})")
     config = OmegaConf.merge(OmegaConf.create(DEFAULTS), user, OmegaConf.from_dotlist(list(overrides)))
     base = os.path.dirname(os.path.abspath(path))
-    for key in ("kb_img_folder", "mention_img_folder", "qid2id", "entity", "train_file", "dev_file", "test_file"):
+
+    def resolve(value):
+        return os.path.normpath(os.path.join(base, value)) if isinstance(value, str) and value else value
+    for key in ("kb_img_folder", "mention_img_folder", "qid2id", "entity"):
+        config.data[key] = resolve(config.data[key])
+    for key in ("train_file", "dev_file", "test_file"):
         value = config.data[key]
-        if isinstance(value, str) and not os.path.isabs(value):
-            config.data[key] = os.path.normpath(os.path.join(base, value))
+        config.data[key] = [resolve(v) for v in value] if OmegaConf.is_list(value) else resolve(value)
     return config
 
 
-class Dataset:
-    """One dataset in the authors' layout, read according to a run config."""
+SPLIT_KEYS = {"train": "train_file", "dev": "dev_file", "val": "dev_file", "test": "test_file"}
 
-    def __init__(self, config):
+
+def check_num_entity(config, count: int):
+    """data.num_entity must be the KB's size: the authors' evaluation scores only the first num_entity."""
+    declared = config.data.get("num_entity")
+    if declared is not None and declared != count:
+        raise DataError(f"data.num_entity: {declared} vs a KB of {count} entities ({config.data.entity}); "
+                        f"their code would score only the first {min(declared, count)}: set it to {count} "
+                        f"or remove it")
+
+
+class Dataset:
+    """One dataset in the authors' layout, read according to a run config.
+
+    strict=False (for `data check`): a data.num_entity that does not match is left for the caller to report."""
+
+    def __init__(self, config, strict: bool = True):
         data = config.data
         for key in ("qid2id", "entity"):
             if not data[key]:
                 raise DataError(f"the config has no data.{key}")
         self.config = config
         self.qid2id = read_qid2id(data.qid2id)
-        self.entities = read_kb(data.entity, self.qid2id)
+        kb = read_json(data.entity, "KB entity")
+        self.entities = read_kb(data.entity, self.qid2id, kb)
         self.kb_images = data.kb_img_folder or ""
         self.mention_images = data.mention_img_folder or ""
-        for qid, index in self.qid2id.items():
-            if not 0 <= index < len(self.entities):
-                raise DataError(f"{data.qid2id}: QID {qid!r} maps to index {index}, but the KB "
-                                f"{data.entity} has {len(self.entities)} entities")
+        position_of_id = {ident: position for position, ident in enumerate(read_kb_ids(data.entity, kb))}
+        # QID -> score column; a QID whose id has no entity (a subset KB) is absent
+        self.position = {qid: position_of_id[ident] for qid, ident in self.qid2id.items() if ident in position_of_id}
+        self.unmatched_qids = sorted(qid for qid in self.qid2id if qid not in self.position)
+        if strict:
+            check_num_entity(config, len(self.entities))
         self._splits = {}
 
-    def split(self, name: str) -> list:
-        key = {"train": "train_file", "dev": "dev_file", "val": "dev_file", "test": "test_file"}.get(name)
+    def split_paths(self, name: str) -> list:
+        key = SPLIT_KEYS.get(name)
         if key is None:
             raise DataError(f"unknown split {name!r} (train, dev or test)")
+        paths = split_files(self.config.data[key])
+        if not paths:
+            raise DataError(f"the config has no data.{key}")
+        return paths
+
+    def split(self, name: str) -> list:
+        """The mentions of a split with a gold entity in the KB (nil skipped); a QID whose entity is not
+        in the KB is refused, naming the mention."""
         if name not in self._splits:
-            path = self.config.data[key]
-            if not path:
-                raise DataError(f"the config has no data.{key}")
-            self._splits[name] = read_mentions(path, self.qid2id)
+            mentions = []
+            for path in self.split_paths(name):
+                read = read_mentions(path, self.qid2id)
+                for m in read:
+                    if m.answer not in self.position:
+                        raise DataError(f"{path}: mention {m.id!r}: answer {m.answer!r} maps to entity id "
+                                        f"{self.qid2id[m.answer]}, which is not in {self.config.data.entity}")
+                mentions += read
+            self._splits[name] = mentions
         return self._splits[name]
 
     def gold(self, mention: Mention) -> int:
-        return self.qid2id[mention.answer]
+        """The score column (KB position) of the mention's gold entity."""
+        return self.position[mention.answer]
 
     def entity_image(self, entity: Entity):
         return entity_image_path(entity, self.kb_images)

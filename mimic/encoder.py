@@ -1,12 +1,18 @@
 """The encoder: one CLIP for mentions and entities, plus two linear layers on the image side.
 
-    t_G = CLIP text_embeds   (projected, L2-normalised)                      [N, 512]
-    T_L = text tower's last hidden state (after its final LayerNorm)        [N, 40, 512]
-    v_G = image_cls_fc(CLIP image_embeds (projected, L2-normalised))        [N, 96]
-    V_L = image_tokens_fc(vision tower's last hidden state, before its
-          post-LayerNorm: CLS + 7x7 patches)                                [N, 50, 96]
+    t_G = the CLIP text embedding (projected, L2-normalised)                  [N, E]      (512 for ViT-B/32)
+    T_L = the text tower's tokens after its final LayerNorm                   [N, L, W_t] (40 x 512)
+    v_G = image_cls_fc(the CLIP image embedding (projected, L2-normalised))   [N, dv]     (96)
+    V_L = image_tokens_fc(every image token after the last transformer
+          block, before the post-LayerNorm: CLS + 7x7 patches for B/32)       [N, T, dv]  (50 x 96)
 
-The CLIP comes from transformers by hub id (default `openai/clip-vit-base-patch32`) or local folder.
+`MIMICEncoder` holds the CLIP as `self.clip` (so the weights keep the authors' keys `encoder.clip.*`)
+and asks a subclass for the two towers: `encode_text` and `encode_image` return the normalised
+embedding and the tokens, and the four widths come from the model. `text_blocks` and `vision_blocks`
+are each tower's transformer layers, in order, for methods that need their attention (relevance maps).
+
+This file holds the transformers family (`openai/clip-vit-base-patch32`, another hub id, or a local
+folder); `mimic/open_clip_encoder.py` the open_clip one; `mimic/backbones.py` picks by name.
 """
 import json
 import os
@@ -24,7 +30,79 @@ _BUNDLED_CONFIGS = {DEFAULT_ENCODER: Path(__file__).with_name("clip_vit_b32.json
 
 
 class EncoderUnavailable(RuntimeError):
-    """The pretrained CLIP could not be loaded (offline, wrong id or path)."""
+    """The pretrained CLIP could not be loaded (offline, wrong id or path, unsupported backbone)."""
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised along the last axis, computed as CLIPModel does."""
+    return x / x.pow(2).sum(dim=-1, keepdim=True).pow(0.5)
+
+
+class MIMICEncoder(nn.Module):
+    """CLIP -> Features(t_G, T_L, v_G, V_L). A subclass implements the two towers and reads the four
+    widths off `self.clip`: text_embed_dim (E, of t_G), text_token_dim (W_t, of T_L), image_embed_dim (E,
+    the image embedding before image_cls_fc), image_token_dim (W_v, the image tokens before image_tokens_fc)."""
+
+    def __init__(self, clip: nn.Module, dv: int = 96):
+        super().__init__()
+        self.clip = clip
+        self.image_cls_fc = nn.Linear(self.image_embed_dim, dv)
+        self.image_tokens_fc = nn.Linear(self.image_token_dim, dv)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+        """-> (t_G [N, E] normalised, T_L [N, L, W_t])"""
+        raise NotImplementedError
+
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple:
+        """-> (image embedding [N, E] normalised, image tokens before the post-LayerNorm [N, T, W_v])"""
+        raise NotImplementedError
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor) -> Features:
+        t_g, t_l = self.encode_text(input_ids, attention_mask)
+        v_g, v_l = self.encode_image(pixel_values)
+        return Features(t_g=t_g, t_l=t_l, v_g=self.image_cls_fc(v_g), v_l=self.image_tokens_fc(v_l))
+
+
+class CLIPEncoder(MIMICEncoder):
+    """transformers' CLIPModel, as the authors use it."""
+
+    @property
+    def text_embed_dim(self):
+        return self.clip.config.projection_dim
+
+    image_embed_dim = text_embed_dim
+
+    @property
+    def text_token_dim(self):
+        return self.clip.config.text_config.hidden_size
+
+    @property
+    def image_token_dim(self):
+        return self.clip.config.vision_config.hidden_size
+
+    def encode_text(self, input_ids, attention_mask):
+        out = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return unit(out.pooler_output), out.last_hidden_state  # pooler_output: projected EOS state
+
+    def encode_image(self, pixel_values):
+        out = self.clip.get_image_features(pixel_values=pixel_values)
+        return unit(out.pooler_output), out.last_hidden_state  # last_hidden_state: before post_layernorm
+
+    @property
+    def text_blocks(self):
+        return self.clip.text_model.encoder.layers  # CLIPEncoderLayer: .self_attn, .mlp
+
+    @property
+    def vision_blocks(self):
+        return self.clip.vision_model.encoder.layers
 
 
 def clip_config(name_or_path: str) -> CLIPConfig:
@@ -53,17 +131,3 @@ def load_clip(name_or_path: str = DEFAULT_ENCODER, pretrained: bool = True, loca
         raise EncoderUnavailable(
             f"could not load the pretrained CLIP {name_or_path!r} (no internet access, or no such model "
             f"or folder). Download it once with network access, or pass a local folder. Details: {e}") from e
-
-
-class MIMICEncoder(nn.Module):
-    def __init__(self, clip: CLIPModel, dv: int = 96):
-        super().__init__()
-        self.clip = clip
-        self.image_cls_fc = nn.Linear(clip.config.projection_dim, dv)
-        self.image_tokens_fc = nn.Linear(clip.config.vision_config.hidden_size, dv)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor) -> Features:
-        out = self.clip(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
-        return Features(t_g=out.text_embeds, t_l=out.text_model_output.last_hidden_state,
-                        v_g=self.image_cls_fc(out.image_embeds),
-                        v_l=self.image_tokens_fc(out.vision_model_output.last_hidden_state))

@@ -3,9 +3,10 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .encoder import EncoderUnavailable
 from .fileio import OutputError
+from .hub import HubError
 from .images import ImageError
 from .linker import QueryError
 from .store import StoreError
 
 USER_ERRORS = (DataError, CheckpointError, EncoderUnavailable, OutputError, ImageError, QueryError, StoreError,
-               FileNotFoundError)
+               HubError, FileNotFoundError)

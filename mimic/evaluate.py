@@ -59,8 +59,9 @@ def encode_kb(model, dataset: Dataset, batch_size: int = 64, progress: bool = Tr
 
 @torch.no_grad()
 def evaluate(model, dataset: Dataset, split: str = "test", batch_size: int = 20, entity_terms: dict = None,
-             progress: bool = True, entity_batch_size: int = 64):
-    """-> (rows [{"id", "answer", "gold", "rank"}] in file order, metrics)."""
+             progress: bool = True, entity_batch_size: int = 64, chunk_size: int = None):
+    """-> (rows [{"id", "answer", "gold", "rank"}] in file order, metrics). chunk_size: entities scored at
+    once (the config's data.eval_chunk_size; default: about 40,000 mention-entity pairs a chunk)."""
     model.eval()
     mentions = dataset.split(split)
     if entity_terms is None:
@@ -72,7 +73,7 @@ def evaluate(model, dataset: Dataset, split: str = "test", batch_size: int = 20,
         texts = [mention_text(m.mention, m.sentence) for m in batch]
         images = [dataset.mention_image(m) for m in batch]
         mention_terms = encode_all(model, texts, images, "mention", len(batch), progress=False)
-        scores = score_against_all(model.matcher, mention_terms, entity_terms)
+        scores = score_against_all(model.matcher, mention_terms, entity_terms, chunk_size)
         gold = torch.tensor([dataset.gold(m) for m in batch])
         for m, g, r in zip(batch, gold.tolist(), ranks_of_gold(scores, gold).tolist()):
             rows.append({"id": m.id, "answer": m.answer, "gold": g, "rank": r})

@@ -16,13 +16,18 @@ def _hash_tensors(named: list) -> str:
 
 
 def model_fingerprints(model) -> dict:
-    """{"encoder": CLIP weights + tokenizer + image settings, "checkpoint": the MIMIC layers + units}."""
+    """{"encoder": CLIP weights + tokenizer + image settings (image mode included), "checkpoint": the MIMIC
+    layers + units}."""
     state = model.state_dict()
     clip = [(k, v) for k, v in state.items() if k.startswith("encoder.clip.")]
     mimic = [(k, v) for k, v in state.items() if not k.startswith("encoder.clip.")]
     processor = model.processor
     settings = {"max_length": processor.max_length, "vocab_size": len(processor.tokenizer),
                 "image": processor.images.processor.to_dict()}
+    if processor.images.mode != "default":
+        # Only a non-default image mode enters the hash, so stores encoded before modes existed stay valid;
+        # a store encoded in one mode is refused by a model in the other.
+        settings["image_mode"] = processor.images.mode
     encoder = hashlib.sha256((_hash_tensors(clip) + json.dumps(settings, sort_keys=True, default=str)).encode())
     checkpoint = hashlib.sha256((_hash_tensors(mimic) + ",".join(model.config.units)).encode())
     return {"encoder": encoder.hexdigest()[:32], "checkpoint": checkpoint.hexdigest()[:32]}

@@ -1,40 +1,185 @@
-"""Images in: open safely, make upright RGB, resize, normalise for CLIP.
+"""Images in: open safely, make upright RGB, resize, normalise for CLIP. Two modes.
 
-The authors' pipeline: PIL open, resize to 224x224 with LANCZOS, then the CLIP image processor
-(shortest side 224, centre crop 224, CLIP mean/std). A missing or unreadable image becomes an all-zero
-pixel tensor so that the model still runs. We add what users need and the benchmarks do not notice
-(their images are upright RGB JPEGs): conversion to RGB (grayscale, CMYK, 16-bit, palette, alpha on
-white), EXIF orientation, the first frame of animations, and a pixel-count limit that rejects
-decompression bombs from the header, before anything is decoded.
+`default` (for users): every image becomes upright RGB before the authors' resize and normalisation:
+grayscale, CMYK, 16-bit, palette and alpha (on white) are converted, EXIF orientation is applied, an
+animation gives its first frame, and images over MAX_PIXELS or MAX_BYTES are refused from the header,
+before anything is decoded. Large images are reduced while they are decoded (JPEG DCT scaling with
+`Image.draft`, then an integer box `reduce`; palette, 1-bit and 16-bit images are converted to 8 bits
+band by band first), so that one image costs at most its decoded size plus a few MB, and the shorter
+side never drops below REDUCED_SIDE (3 x 224 px, where box-reducing before LANCZOS changes nothing visible).
+
+`authors` (to reproduce the paper's runs): their data module does
+    Image.open(path).resize((224, 224), LANCZOS) -> CLIPFeatureExtractor (transformers 4.18.0)
+inside a bare `except` that turns any failure into the all-zero image. That feature extractor does not
+convert to RGB: its normalisation broadcasts the 3-value mean over the array of the image, which fails
+unless the image has exactly 3 bands, so grayscale, palette, RGBA/LA, CMYK, 1-bit and 16-bit images
+become zeros. EXIF orientation is ignored and the only size limit is PIL's own decompression-bomb error
+(above 2 x Image.MAX_IMAGE_PIXELS, about 179 megapixels with PIL's default). The 224 px image then
+passes their resize (shortest side 224, a no-op) and centre crop (a no-op) unchanged, so the current
+CLIP image processor, told not to convert to RGB, gives the same pixels (checked against a numpy
+re-statement of the 4.18 steps in tests/test_images.py).
+
+Either way a missing or unusable image becomes the all-zero pixel tensor, so the model still runs.
 """
 import io
 import logging
+import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 log = logging.getLogger(__name__)
 
+IMAGE_MODES = ("default", "authors")
 MAX_PIXELS = 64_000_000  # about 8000 x 8000; a phone photo is 12-50 MP
 MAX_BYTES = 50 * 1024 * 1024
-# PIL's own guard stays on, further out: ours (from the header, with the size in the message) comes first.
-Image.MAX_IMAGE_PIXELS = 16 * MAX_PIXELS
+DECODE_BUDGET = 256 * 2**20  # bytes one image may take while it is decoded
+# Bytes per pixel decoding takes where it is more than PIL's 4 (measured with Pillow 12: these decoders
+# keep their own buffer besides PIL's image). JPEG is decoded at a reduced DCT scale, so it costs little.
+DECODE_BYTES_PER_PIXEL = {"WEBP": 16, "AVIF": 9, "JPEG2000": 19}
+REDUCED_SIDE = 3 * 224
+BAND_PIXELS = 1_000_000  # pixels converted at a time when a whole-image conversion would be too big
+# Modes Image.reduce averages in place (it premultiplies LA and RGBA into a full-size copy first; palette
+# indices cannot be averaged).
+REDUCIBLE = ("L", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F")
+# EXIF orientation -> the transposition that makes the picture upright (the EXIF specification's table).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 
 
 class ImageError(ValueError):
     """An image that cannot be used, with a message a person understands."""
 
 
+def check_image_mode(mode: str) -> str:
+    if mode not in IMAGE_MODES:
+        raise ValueError(f"image mode must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------------
+# Opening: the checks both modes share, then the header.
+
+def _name(source) -> str:
+    return os.path.basename(str(source)) if isinstance(source, (str, Path)) else "the image"
+
+
+def pixel_limit(image_format: str) -> int:
+    """The most pixels the default mode accepts in an image of this format (PIL's format name)."""
+    return min(MAX_PIXELS, DECODE_BUDGET // DECODE_BYTES_PER_PIXEL.get(image_format, 4))
+
+
+def _readable_source(source, max_bytes: int = None):
+    """A path or bytes -> something Image.open takes; ImageError for what is plainly not an image."""
+    name = _name(source)
+    if isinstance(source, (str, Path)):
+        if not os.path.isfile(source):
+            raise ImageError(f"{name}: file not found")
+        size = os.path.getsize(source)
+        if size == 0:
+            raise ImageError(f"{name}: the file is empty (0 bytes)")
+        if max_bytes and size > max_bytes:
+            raise ImageError(f"{name}: the file is larger than {max_bytes // 2**20} MB")
+        with open(source, "rb") as f:
+            head = f.read(256)
+    elif isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError("the image is empty (0 bytes)")
+        source, head = io.BytesIO(source), bytes(source[:256])
+    elif isinstance(source, io.BytesIO):
+        head = source.getvalue()[:256]
+    else:
+        raise ImageError(f"not an image: a {type(source).__name__}")
+    if head.lstrip().startswith((b"<svg", b"<?xml")) or name.lower().endswith(".svg"):
+        raise ImageError(f"{name}: SVG drawings are not supported; export the picture as PNG or JPEG")
+    return source
+
+
+def _open_header(source, name: str) -> Image.Image:
+    """Image.open (reads the header only), with PIL's errors said plainly."""
+    try:
+        with warnings.catch_warnings():
+            # Between PIL's warning and its error (89-179 MP) the caller decides; the warning is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: the image has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+                         f"(PIL refuses it as a decompression bomb)")
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, GIF, WebP, BMP, TIFF...)")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name}: the image file is damaged or truncated ({e})")
+
+
+def _decode(image: Image.Image, name: str, reduce_to: int = None) -> Image.Image:
+    """Decode the first frame (a JPEG at the smallest DCT scale that keeps the shorter side >= reduce_to)."""
+    try:
+        if reduce_to and image.format == "JPEG":
+            image.draft(None, (reduce_to, reduce_to))
+        image.seek(0)  # first frame of an animation
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name}: the image file is damaged or truncated ({e})")
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"{name}: the image has no pixels")
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------
+# Default mode: reduce while decoding, upright, RGB.
+
+def _sixteen_to_eight(image: Image.Image) -> Image.Image:
+    """16-bit grayscale -> 8 bits, scaled (not clipped to white above 255), in integer arithmetic."""
+    array = np.asarray(image).astype(np.uint32)
+    array *= 255
+    array += 32767
+    array //= 65535
+    return Image.fromarray(array.astype(np.uint8), mode="L")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A mode `reduce` cannot take (palette, 1-bit, 16-bit...) -> an 8-bit one it can."""
+    if image.mode in REDUCIBLE or image.mode in ("LA", "RGBA"):
+        return image
+    if image.mode.startswith("I;16"):
+        return _sixteen_to_eight(image)
+    if image.mode == "1":
+        return image.convert("L")
+    return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+
+
+def _shrink(image: Image.Image, keep: int) -> Image.Image:
+    """Box-reduce by the largest integer factor that keeps the shorter side >= keep. Other modes go band
+    by band (converted to 8 bits where `reduce` cannot take them), so no full-size copy ever exists."""
+    factor = max(1, min(image.size) // keep)
+    if image.mode in REDUCIBLE:
+        return image.reduce(factor) if factor > 1 else image
+    width, height = image.size
+    rows = max(factor, BAND_PIXELS // width // factor * factor)  # whole boxes per band
+    out = None
+    for top in range(0, height, rows):
+        band = _eight_bit(image.crop((0, top, width, min(top + rows, height))))
+        band = band.reduce(factor) if factor > 1 else band
+        if out is None:
+            out = Image.new(band.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+        out.paste(band, (0, top // factor))
+    return out
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white.
+    """Any PIL mode -> RGB: 32-bit and float grayscale scaled to 8 bits, transparency composited on white."""
+    if image.mode.startswith("I;16"):
+        image = _sixteen_to_eight(image)
+    elif image.mode == "I":
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        top = 65535.0 if array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
@@ -47,58 +192,135 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _peek(source, size: int = 256) -> bytes:
-    if isinstance(source, io.BytesIO):
-        return source.getvalue()[:size]
-    with open(source, "rb") as f:
-        return f.read(size)
+def open_image(source, reduce_to: int = REDUCED_SIDE) -> Image.Image:
+    """A path, bytes or PIL image -> an upright RGB PIL image, or ImageError saying why not.
 
-
-def open_image(source) -> Image.Image:
-    """A path, bytes or PIL image -> an upright RGB PIL image, or ImageError saying why not."""
+    An image larger than needed is reduced while decoding, its shorter side kept >= `reduce_to`
+    (None: full size)."""
     if isinstance(source, Image.Image):
-        image = source
+        image, name = source, "the image"
+        if image.width < 1 or image.height < 1:
+            raise ImageError("the image has no pixels")
     else:
-        name = os.path.basename(str(source)) if isinstance(source, (str, Path)) else "the image"
-        if isinstance(source, (str, Path)):
-            if not os.path.isfile(source):
-                raise ImageError(f"{name}: file not found")
-            size = os.path.getsize(source)
-            if size == 0:
-                raise ImageError(f"{name}: the file is empty (0 bytes)")
-            if size > MAX_BYTES:
-                raise ImageError(f"{name}: the file is larger than {MAX_BYTES // 2**20} MB")
-        elif isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise ImageError("the image is empty (0 bytes)")
-            source = io.BytesIO(source)
-        head = _peek(source)
-        if head.lstrip().startswith((b"<svg", b"<?xml")) or name.lower().endswith(".svg"):
-            raise ImageError(f"{name}: SVG drawings are not supported; export the picture as PNG or JPEG")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(f"{name}: {image.width} x {image.height} pixels is more than the "
-                                     f"{MAX_PIXELS // 1_000_000} megapixels accepted")
-                image.seek(0)  # first frame of an animation
-                image.load()
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name}: the image is far larger than the {MAX_PIXELS // 1_000_000} megapixels accepted")
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, GIF, WebP, BMP, TIFF...)")
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageError(f"{name}: the image file is damaged or truncated ({e})")
-    if image.width < 1 or image.height < 1:
-        raise ImageError("the image has no pixels")
+        name = _name(source)
+        image = _open_header(_readable_source(source, MAX_BYTES), name)
+        limit = pixel_limit(image.format)
+        if image.width * image.height > limit:
+            kind = f" for {image.format} images" if limit < MAX_PIXELS else ""
+            raise ImageError(f"{name}: {image.width} x {image.height} pixels is more than the "
+                             f"{limit // 1_000_000} megapixels accepted{kind}")
+        image = _decode(image, name, reduce_to)
     try:
-        return _to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, ValueError) as e:
-        raise ImageError(f"could not convert the image to RGB ({e})")
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        small = _shrink(image, reduce_to) if reduce_to else image
+        if orientation in UPRIGHT:
+            small = small.transpose(UPRIGHT[orientation])
+        return _to_rgb(small)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: could not convert the image to RGB ({e})")
 
+
+# ---------------------------------------------------------------------------------------------------
+# Authors' mode.
+
+def open_image_as_authors(source, size: int = 224) -> Image.Image:
+    """Image.open(source).resize((size, size), LANCZOS), as their data module does; ImageError for any
+    failure (their bare `except`), or for an image their feature extractor cannot normalise."""
+    name = _name(source)
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            image = _open_header(_readable_source(source), name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - their bare except: anything that goes wrong gives zeros
+        raise ImageError(f"{name}: could not be read or resized ({type(e).__name__}: {e})")
+    if len(image.getbands()) != 3:
+        raise ImageError(f"{name}: mode {image.mode} has {len(image.getbands())} band(s), not 3: the authors' "
+                         f"pipeline (transformers 4.18, no RGB conversion) cannot normalise it")
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a file will go through in each mode, read from its header (for `data check`).
+
+@dataclass
+class ImageFacts:
+    """What the two modes make of one image file, from its header (and its pixels if `decode`)."""
+    exists: bool
+    readable: bool = False
+    format: str = None
+    mode: str = None
+    pixels: int = None  # None when PIL refused the header as a decompression bomb
+    size_bytes: int = 0
+    orientation: int = 1
+    problem: str = None
+
+    @property
+    def rotated(self) -> bool:
+        return self.orientation in UPRIGHT
+
+    @property
+    def non_rgb(self) -> bool:
+        return self.readable and self.mode != "RGB"
+
+    @property
+    def over_cap(self) -> bool:
+        """Refused by the default mode for its size (pixels or bytes)."""
+        return self.readable and (self.pixels is None or self.pixels > pixel_limit(self.format)
+                                  or self.size_bytes > MAX_BYTES)
+
+    @property
+    def default_ok(self) -> bool:
+        return self.readable and not self.over_cap
+
+    @property
+    def authors_ok(self) -> bool:
+        return self.readable and self.pixels is not None and Image.getmodebands(self.mode) == 3
+
+    @property
+    def modes_differ(self) -> bool:
+        """The two modes give different pixels: one gives zeros and not the other, or the default mode
+        converts (non-RGB) or turns (EXIF) what the authors' takes as stored."""
+        if self.default_ok != self.authors_ok:
+            return True
+        return self.default_ok and (self.mode != "RGB" or self.rotated)
+
+
+def inspect_image(path: str, decode: bool = False) -> ImageFacts:
+    """The facts of one image file without decoding it (unless `decode`: then truncation is caught too)."""
+    if not os.path.isfile(path):
+        return ImageFacts(exists=False, problem="file not found")
+    facts = ImageFacts(exists=True, size_bytes=os.path.getsize(path))
+    name = _name(path)
+    try:
+        image = _open_header(_readable_source(path), name)
+    except ImageError as e:
+        if "decompression bomb" in str(e):
+            facts.readable, facts.problem = True, str(e)
+        else:
+            facts.problem = str(e)
+        return facts
+    with image:
+        facts.readable, facts.format, facts.mode = True, image.format, image.mode
+        facts.pixels = image.width * image.height
+        try:
+            if decode:
+                _decode(image, name)
+            # A PNG may keep its EXIF after the pixels; reading it there would decode the whole image.
+            if image.format != "PNG" or "exif" in image.info or decode:
+                facts.orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except (ImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+            facts.readable, facts.problem = False, str(e)
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixels.
 
 def load_image_processor(name_or_path: str) -> CLIPImageProcessorPil:
     """The CLIP image processor of a local model folder, or OpenAI CLIP's settings."""
@@ -109,25 +331,37 @@ def load_image_processor(name_or_path: str) -> CLIPImageProcessorPil:
 
 class ImagePipeline:
     """Image (path, bytes, PIL or None) -> pixel tensor [3, S, S]; zeros when there is no usable image.
-    It counts the images it had to replace by zeros (`unusable`, read and reset with `take_unusable`)."""
+    `mode`: "default" or "authors" (see the module's docstring). It counts the images it had to replace
+    by zeros (`unusable`, read and reset with `take_unusable`)."""
 
-    def __init__(self, processor: CLIPImageProcessorPil):
+    def __init__(self, processor: CLIPImageProcessorPil, mode: str = "default"):
         self.processor = processor
         self.size = processor.crop_size["height"]
+        self.mode = "default"
+        self.set_mode(mode)
         self.unusable = []
+
+    def set_mode(self, mode: str):
+        if check_image_mode(mode) == "authors" and not isinstance(self.processor, CLIPImageProcessorPil):
+            raise ImageError("--image-mode authors reproduces the authors' transformers CLIP image processor; "
+                             "this backbone has its own image transform (use --image-mode default)")
+        self.mode = mode
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(3, self.size, self.size)
 
-    def pixels(self, image: Image.Image) -> torch.Tensor:
+    def pixels(self, image: Image.Image, convert_rgb: bool = True) -> torch.Tensor:
         resized = image.resize((self.size, self.size), Image.Resampling.LANCZOS)
-        return self.processor(resized, return_tensors="pt")["pixel_values"][0]
+        return self.processor(resized, return_tensors="pt", do_convert_rgb=convert_rgb)["pixel_values"][0]
 
     def __call__(self, source) -> torch.Tensor:
         """Pixels of `source`; a missing or unusable image gives zeros (and a log line), as in the authors' code."""
         if source is None:
             return self.zeros()
         try:
+            if self.mode == "authors":
+                # already 224 x 224 and 3 bands: the processor's resize and crop leave it as it is
+                return self.pixels(open_image_as_authors(source, self.size), convert_rgb=False)
             return self.pixels(open_image(source))
         except ImageError as e:
             log.debug("image replaced by zeros: %s", e)

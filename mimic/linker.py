@@ -1,4 +1,6 @@
 """Linking new mentions against a pre-encoded KB: the one API the CLI and the demo share."""
+import numbers
+import os
 import unicodedata
 from dataclasses import dataclass
 
@@ -10,6 +12,7 @@ from .matcher import select
 from .nil import is_nil
 from .loading import load_model
 from .processing import entity_text, mention_text
+from .relevance import explain_pair
 from .search import DEFAULT_CANDIDATES, Searcher
 from .store import KBStore
 
@@ -50,6 +53,21 @@ def check_query(sentence, mention) -> tuple:
         shown = mention if len(mention) <= 60 else mention[:57] + "..."
         raise QueryError(f"The mention \"{shown}\" does not occur in the sentence; copy it from the sentence.")
     return sentence, mention
+
+
+def check_entity_index(index, count: int) -> int:
+    """-> the index as an int, or QueryError: a whole number from 0 to count - 1 (3.0 and "3" are fine)."""
+    if isinstance(index, str) and len(index) <= 20 and index.strip().lstrip("-").isdigit():
+        index = int(index)
+    if isinstance(index, float) and index.is_integer():
+        index = int(index)
+    if not isinstance(index, numbers.Integral) or isinstance(index, bool) or not 0 <= index < count:
+        try:
+            shown = str(index) if len(str(index)) <= 40 else str(index)[:37] + "..."
+        except ValueError:  # an integer too long to print
+            shown = "with so many digits"
+        raise QueryError(f"There is no entity {shown} in the KB (it has {count}: indices 0 to {count - 1}).")
+    return int(index)
 
 
 def check_top_k(top_k, count: int) -> int:
@@ -107,11 +125,12 @@ class Linker:
         return encode_batch(self.model, texts, [q.image for q in queries], "mention")
 
     @torch.no_grad()
-    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False) -> dict:
+    def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False, extra=None) -> dict:
         """-> {"nil": bool, "results": [{"rank", "index", "id", "qid", "name", "score", "s_t", ...}]}
-        `id` is the entity's stable id (what `kb update/remove` take); `index` its position in this version."""
+        `id` is the entity's stable id (what `kb update/remove` take); `index` its position in this version.
+        `extra`: an `Overlay` of entities kept beside the store, ranked together with it."""
         store, searcher = self._kb
-        k = check_top_k(top_k, len(store))
+        k = check_top_k(top_k, len(store) + (len(extra) if extra else 0))
         index, scores = searcher.search(mention, max(k, 2), exact)  # the margin rule needs a runner-up
         rows = []
         for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
@@ -120,12 +139,16 @@ class Linker:
                    "score": s}
             row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
             rows.append(row)
+        if extra:  # the store's top k and every overlay entity, by score (a tie keeps the KB's first)
+            rows = sorted(rows + extra.rows(self.model.matcher, mention), key=lambda r: -r["score"])[:max(k, 2)]
+            for rank, row in enumerate(rows, 1):
+                row["rank"] = rank
         return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}
 
-    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False) -> dict:
+    def link(self, sentence, mention, image=None, top_k: int = 10, exact: bool = False, extra=None) -> dict:
         """One mention -> {"nil", "results": ranked entities with every unit score}."""
         sentence, mention = check_query(sentence, mention)
-        return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact)
+        return self.link_terms(self.mention_terms([Query(sentence, mention, image)]), top_k, exact, extra)
 
     def link_many(self, queries: list, top_k: int = 10, exact: bool = False, batch_size: int = 16):
         """Queries (already checked) -> one result per query, in order; mentions encoded in batches."""
@@ -135,20 +158,40 @@ class Linker:
             for i in range(len(batch)):
                 yield self.link_terms(select(terms, slice(i, i + 1)), top_k, exact)
 
-    @torch.no_grad()
-    def explain(self, sentence, mention, image, entity_index: int, mention_terms: dict = None) -> dict:
-        """The attention behind one (mention, entity) pair: TGLU token-to-token weights [L_E, L_M] with
-        the tokens, and the CMFU patch weights α of both images (CLS first, then 7x7 patches).
-        `mention_terms` (from `mention_terms`) spares encoding the mention again."""
+    def explain(self, sentence, mention, image, entity_index, mention_terms: dict = None, extra=None,
+                relevance: bool = True) -> dict:
+        """The evidence behind one (mention, entity) pair. `entity_index` is a KB index, or the id of an
+        entity of the overlay `extra`.
+
+        Attention (what the units pooled): "attention", the TGLU token-to-token weights [L_E, L_M], with
+        "mention_tokens" and "entity_tokens"; "mention_alpha" and "entity_alpha", the CMFU patch weights α
+        of both images (CLS first, then the 7x7 patches). `mention_terms` (from `mention_terms`) spares
+        encoding the mention again.
+
+        Relevance (what moved the scores; mimic/relevance.py, skipped with relevance=False):
+        "mention_relevance" and "entity_relevance", each {"s", "s_t", "s_v", "s_c"} -> a patch grid (rows
+        of floats, higher = more of that score), or None for a side without an image; "token_relevance",
+        {"tokens", "s", "s_t"} over the mention's words; "scores", the pair's scores in that pass. The
+        entity is re-encoded from its record (the image: its "image" path, relative paths in the store's
+        folder, or the "picture" bytes an overlay record may keep), so the scores equal the linked ones
+        unless that image differs from the one encoded."""
         store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
-        if not 0 <= int(entity_index) < len(store):
-            raise QueryError(f"There is no entity {entity_index} in the KB (it has {len(store)}).")
-        m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
-        e = searcher.entity_terms(torch.tensor([int(entity_index)]))
-        meta = store.entities[int(entity_index)]
-        processor = self.model.processor
-        return {"attention": self.model.matcher.token_attention(m, e)[0, 0],
-                "mention_tokens": processor.tokens(mention_text(mention, sentence)),
-                "entity_tokens": processor.tokens(entity_text(meta.get("name", ""), meta.get("description", ""))),
-                "mention_alpha": m["cmfu"]["alpha"][0], "entity_alpha": e["cmfu"]["alpha"][0]}
+        if extra is not None and extra.position(entity_index) is not None:
+            e, meta = extra.entity_terms(entity_index), extra.record(entity_index)
+            entity_image = meta.get("picture")
+        else:
+            index = check_entity_index(entity_index, len(store))
+            e, meta = searcher.entity_terms(torch.tensor([index])), store.entities[index]
+            entity_image = os.path.join(store.path, meta["image"]) if meta.get("image") else None
+        text = entity_text(meta.get("name", ""), meta.get("description", ""))
+        with torch.no_grad():
+            m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
+            processor = self.model.processor
+            out = {"attention": self.model.matcher.token_attention(m, e)[0, 0],
+                   "mention_tokens": processor.tokens(mention_text(mention, sentence)),
+                   "entity_tokens": processor.tokens(text),
+                   "mention_alpha": m["cmfu"]["alpha"][0], "entity_alpha": e["cmfu"]["alpha"][0]}
+        if relevance:
+            out.update(explain_pair(self.model, mention_text(mention, sentence), image, text, entity_image))
+        return out

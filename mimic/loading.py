@@ -4,27 +4,34 @@ import torch
 from .checkpoint import load_checkpoint
 from .encoder import DEFAULT_ENCODER
 from .encoding import default_device
+from .hub import resolve_checkpoint
 from .model import MIMIC, MIMICConfig
 
 INITS = ("zero-shot", "random")
 
 
 def load_model(checkpoint: str = None, encoder: str = None, init: str = None, device=None,
-               pretrained: bool = True, local_files_only: bool = False) -> MIMIC:
-    """A checkpoint (either format), or, without one, MIMIC layers initialised by `init` on the CLIP
-    `encoder` (pretrained, or its architecture at random with pretrained=False)."""
+               pretrained: bool = True, local_files_only: bool = False, seed: int = 0, sizes: dict = None,
+               image_mode: str = None) -> MIMIC:
+    """A checkpoint (either format; a local path, or a Hugging Face Hub repo "owner/name" or file
+    "owner/name/file.ckpt"), or, without one, MIMIC layers initialised by `init` on the backbone
+    `encoder` (pretrained, or its architecture at random with pretrained=False), drawn from `seed`, with
+    `sizes` (MIMICConfig fields: dv, tglu_dim, ..., text_max_length). image_mode: "default" or
+    "authors" (default: the checkpoint's own)."""
     if checkpoint:
         if init:
             raise ValueError("--init applies only without a checkpoint")
-        model = load_checkpoint(checkpoint, encoder=encoder)
+        model = load_checkpoint(resolve_checkpoint(checkpoint), encoder=encoder)
     else:
         if init not in INITS:
             raise ValueError(f"without a checkpoint, choose an initialisation: {' or '.join(INITS)}")
-        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER), pretrained=pretrained,
-                                   local_files_only=local_files_only)
+        model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER, **(sizes or {})),
+                                   pretrained=pretrained, local_files_only=local_files_only, seed=seed)
         if init == "zero-shot":
             from .zeroshot import zero_shot_init
             zero_shot_init(model)
-        model.config.metadata = {**model.config.metadata, "init": init}
+        model.config.metadata = {**model.config.metadata, "init": init, "seed": seed}
+    if image_mode:
+        model.set_image_mode(image_mode)
     device = torch.device(device) if device else default_device()
     return model.to(device).eval()

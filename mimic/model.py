@@ -4,20 +4,22 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .encoder import DEFAULT_ENCODER, MIMICEncoder, load_clip
+from .backbones import load_backbone, make_encoder, make_processor
+from .encoder import DEFAULT_ENCODER
 from .matcher import UNITS, Features, Matcher, Scores
 from .processing import Processor
 
 
 @dataclass
 class MIMICConfig:
-    encoder: str = DEFAULT_ENCODER  # CLIP hub id or local folder: architecture, tokenizer, image processor
+    encoder: str = DEFAULT_ENCODER  # the backbone (mimic/backbones.py): a CLIP hub id or folder, or open_clip:MODEL[/TAG]
     text_max_length: int = 40
     dv: int = 96
     tglu_dim: int = 96
     vdlu_dim: int = 96
     cmfu_dim: int = 96
     units: tuple = UNITS  # the units that make S (ablation: drop one)
+    image_mode: str = "default"  # "authors": their image pipeline, exactly (see mimic/images.py)
     metadata: dict = field(default_factory=dict)  # free-form: training run, NIL threshold, ...
 
     def to_dict(self) -> dict:
@@ -37,21 +39,34 @@ class MIMIC(nn.Module):
     def __init__(self, config: MIMICConfig, clip, processor: Processor = None):
         super().__init__()
         self.config = config
-        self.encoder = MIMICEncoder(clip, config.dv)
-        text = clip.config.text_config
-        self.matcher = Matcher(text_embed_dim=clip.config.projection_dim, text_token_dim=text.hidden_size,
+        self.processor = processor or make_processor(config.encoder, clip, config.text_max_length)
+        self.processor.images.set_mode(config.image_mode)
+        self.encoder = make_encoder(clip, config.dv, self.processor)
+        self.matcher = Matcher(text_embed_dim=self.encoder.text_embed_dim, text_token_dim=self.encoder.text_token_dim,
                                dv=config.dv, tglu_dim=config.tglu_dim, vdlu_dim=config.vdlu_dim,
                                cmfu_dim=config.cmfu_dim, units=config.units)
-        self.processor = processor or Processor.for_encoder(config.encoder, config.text_max_length)
 
     @classmethod
     def from_encoder(cls, config: MIMICConfig = None, pretrained: bool = True, seed: int = 0,
                      local_files_only: bool = False) -> "MIMIC":
-        """A MIMIC on a (pretrained) CLIP, with freshly initialised MIMIC layers (seeded)."""
+        """A MIMIC on a (pretrained) CLIP, with freshly initialised MIMIC layers: drawn from `seed` right
+        before they are built (in the authors' order), whatever loading the CLIP did to the RNG."""
         config = config or MIMICConfig()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return cls(config, load_clip(config.encoder, pretrained, local_files_only))
+            clip = load_backbone(config.encoder, pretrained, local_files_only)  # random weights: from the seed too
+            processor = make_processor(config.encoder, clip, config.text_max_length, local_files_only=local_files_only)
+            torch.manual_seed(seed)  # the MIMIC layers: from the seed, whatever loading the backbone drew
+            return cls(config, clip, processor)
+
+    def set_image_mode(self, mode: str):
+        """Switch the image pipeline ("default" or "authors"); recorded in the config, so in checkpoints."""
+        self.processor.images.set_mode(mode)
+        self.config.image_mode = mode
+
+    def set_text_max_length(self, length: int):
+        """Tokens per text (padding and truncation), recorded in the config."""
+        self.processor.max_length = self.config.text_max_length = length
 
     def encode(self, batch: dict) -> Features:
         return self.encoder(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])

@@ -6,6 +6,11 @@
 `make_dataset` writes a dataset in the authors' layout (qid2id.json, kb_entity.json, splits, image
 folders, a YAML config) where linking needs both modalities: entities come in groups that share a
 name and differ in colour, which only the image (or an adjective in the sentence) reveals.
+
+With `pattern_region=True` each mention image shows the entity's coloured shape small, in one
+corner block of 3 x 3 patches chosen at random, among grey distractor shapes: the evidence sits in a
+known region, recorded in `mention_regions.json` ({mention id: [left, top, right, bottom]} in pixels
+of the 224 x 224 picture), which is what a relevance map should point at.
 """
 import json
 import os
@@ -42,30 +47,60 @@ def make_tiny_clip(folder: str, seed: int = 0, projection_dim: int = 64) -> str:
     return folder
 
 
-def _draw(colour, shape, rng, jitter=0):
-    """A 224 x 224 picture: the entity's colour as a shape on a grey background, with optional noise."""
-    image = Image.new("RGB", (224, 224), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    dx, dy = (rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)) if jitter else (0, 0)
-    box = (40 + dx, 40 + dy, 184 + dx, 184 + dy)
+def _shape(draw, shape, box, colour):
     if shape == "circle":
         draw.ellipse(box, fill=colour)
     elif shape == "square":
         draw.rectangle(box, fill=colour)
     else:
         draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
-    if jitter:
-        noise = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
-        image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
-    return image
+
+
+def _brightness_jitter(image, rng):
+    shifted = np.asarray(image, dtype=np.int16) + rng.randint(-12, 12)
+    return Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8))
+
+
+def _draw(colour, shape, rng, jitter=0):
+    """A 224 x 224 picture: the entity's colour as a shape on a grey background, with optional noise."""
+    image = Image.new("RGB", (224, 224), (128, 128, 128))
+    dx, dy = (rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)) if jitter else (0, 0)
+    _shape(ImageDraw.Draw(image), shape, (40 + dx, 40 + dy, 184 + dx, 184 + dy), colour)
+    return _brightness_jitter(image, rng) if jitter else image
+
+
+REGION_PATCHES = 3  # side of the corner block that holds the pattern, in 32-px patches
+
+
+def _draw_in_region(colour, shape, rng):
+    """A 224 x 224 picture with the entity's shape in a random corner block of 3 x 3 patches and grey
+    distractors elsewhere -> (image, the block as [left, top, right, bottom] in pixels)."""
+    size, block = 224, REGION_PATCHES * 32
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    left, top = rng.choice([0, size - block]), rng.choice([0, size - block])
+    for _ in range(3):  # grey shapes outside the block carry no identity
+        while True:
+            x, y = rng.randrange(0, size - 48), rng.randrange(0, size - 48)
+            if x + 48 <= left or x >= left + block or y + 48 <= top or y >= top + block:
+                break
+        grey = rng.randrange(60, 200)
+        draw.rectangle((x, y, x + 48, y + 48), fill=(grey, grey, grey))
+    _shape(draw, shape, (left + 12, top + 12, left + block - 12, top + block - 12), colour)
+    return _brightness_jitter(image, rng), [left, top, left + block, top + block]
 
 
 def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int = 5, seed: int = 0,
-                 encoder: str = "openai/clip-vit-base-patch32", image_free_share: float = 0.1) -> str:
-    """Write a synthetic dataset in the authors' layout; return the path of its YAML config."""
+                 encoder: str = "openai/clip-vit-base-patch32", image_free_share: float = 0.1,
+                 mention_image_dir: str = "mention_image", pattern_region: bool = False) -> str:
+    """Write a synthetic dataset in the authors' layout; return the path of its YAML config.
+
+    mention_image_dir: the folder the mention images are written to; the config always says
+    `mention_image` (pass "mention_images" for the layout of the authors' RichpediaMEL archive).
+    pattern_region: mention images hold the entity's pattern in a known corner block (module docstring)."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(folder, "kb_image"), exist_ok=True)
-    os.makedirs(os.path.join(folder, "mention_image"), exist_ok=True)
+    os.makedirs(os.path.join(folder, mention_image_dir), exist_ok=True)
     colours = list(COLOURS)
     entities, qid2id = [], {}
     for index in range(num_entities):
@@ -82,7 +117,7 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
                          "attr": f"a {colour} {shape} {noun} known from {place}.",
                          "image_list": [f"{qid}.jpg"] if has_image else [],
                          "_colour": colour, "_shape": shape, "_place": place, "_noun": noun})
-    mentions = []
+    mentions, regions = [], {}
     for entity in entities:
         for k in range(mentions_per_entity):
             mid = f"M{entity['id']}-{k}"
@@ -90,8 +125,11 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
             sentence = rng.choice(TEMPLATES).format(m=entity["_noun"], p=rng.choice(PLACES))
             if rng.random() < 0.2:
                 sentence = sentence.replace(entity["_noun"], f"{entity['_colour']} {entity['_noun']}", 1)
-            image = _draw(COLOURS[entity["_colour"]], entity["_shape"], rng, jitter=12)
-            image.save(os.path.join(folder, "mention_image", f"{mid}.jpg"), quality=90)
+            if pattern_region:
+                image, regions[mid] = _draw_in_region(COLOURS[entity["_colour"]], entity["_shape"], rng)
+            else:
+                image = _draw(COLOURS[entity["_colour"]], entity["_shape"], rng, jitter=12)
+            image.save(os.path.join(folder, mention_image_dir, f"{mid}.jpg"), quality=90)
             mentions.append({"id": mid, "sentence": sentence, "mentions": entity["_noun"],
                              "imgPath": f"{mid}.png", "answer": f"Q{1000 + entity['id']}"})
     rng.shuffle(mentions)
@@ -108,10 +146,26 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
     for name, rows in splits.items():
         with open(os.path.join(folder, f"SYNTH_{name}.json"), "w") as f:
             json.dump(rows, f, indent=1)
+    if pattern_region:
+        with open(os.path.join(folder, "mention_regions.json"), "w") as f:
+            json.dump(regions, f)
     config_path = os.path.join(folder, "synthetic.yaml")
     with open(config_path, "w") as f:
-        f.write(SYNTH_CONFIG.format(num_entity=num_entities, encoder=encoder))
+        f.write(SYNTH_CONFIG.format(num_entity=num_entities, encoder=encoder, **encoder_widths(encoder)))
     return config_path
+
+
+def encoder_widths(encoder: str) -> dict:
+    """The config's model widths for a CLIP: its own, or null (read from the model) where the authors' one
+    key stands for two widths that differ in this CLIP (text embedding and text tokens)."""
+    from .backbones import is_open_clip
+    from .encoder import clip_config
+    if is_open_clip(encoder):
+        return {"input_hidden_dim": "null", "dt": "null", "input_image_hidden_dim": "null"}
+    config = clip_config(encoder)
+    text, embed = config.text_config.hidden_size, config.projection_dim
+    shared = embed if text == embed else "null"
+    return {"input_hidden_dim": shared, "dt": shared, "input_image_hidden_dim": config.vision_config.hidden_size}
 
 
 SYNTH_CONFIG = """\
@@ -137,11 +191,11 @@ data:
   embed_update_batch_size: 64
 
 model:
-  input_hidden_dim: 512
-  input_image_hidden_dim: 768
+  input_hidden_dim: {input_hidden_dim}
+  input_image_hidden_dim: {input_image_hidden_dim}
   hidden_dim: 96
   dv: 96
-  dt: 512
+  dt: {dt}
   TGLU_hidden_dim: 96
   IDLU_hidden_dim: 96
   CMFU_hidden_dim: 96

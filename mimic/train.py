@@ -1,12 +1,15 @@
 """Training with PyTorch Lightning (multi-GPU, checkpointing, early stopping and resume come with it).
 
 Paper settings (the authors' config and code): AdamW lr 1e-5, betas (0.9, 0.999), eps 1e-4, weight decay
-1e-4 except biases and LayerNorm weights, batch 128, at most 20 epochs, validation every 2 epochs,
-early stopping on validation MRR with patience 3, best checkpoint by validation MRR, seed 43.
+1e-4 except on parameters whose names contain "bias" or "LayerNorm.weight" (in practice: biases only),
+batch 128, at most 20 epochs, validation every 2 epochs, early stopping on validation MRR with patience
+3, best checkpoint by validation MRR, seed 43 (which also draws the MIMIC layers), Lightning
+`deterministic=True`.
 
 The Lightning module registers `encoder` and `matcher` at top level, so the checkpoints it writes have
 the authors' keys and load through the same code as theirs.
 """
+import contextlib
 import logging
 import os
 import random
@@ -26,6 +29,7 @@ from .fileio import write_json
 from .losses import mimic_loss
 from .matcher import map_terms
 from .processing import entity_text, mention_text
+from .runconfig import apply_run_config
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +73,28 @@ class MentionCollator(PairCollator):
         return self.processor(list(text), list(image)), torch.tensor(gold)
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list:
-    """AdamW groups: no weight decay for biases and LayerNorm weights."""
-    no_decay = {id(m.weight) for m in module.modules() if isinstance(m, nn.LayerNorm) and m.weight is not None}
+# The authors' filter: a name containing any of these is not decayed. No parameter is called
+# "LayerNorm.weight" (CLIP's are layer_norm1, final_layer_norm, pre_layrnorm...; the matcher's *_layernorm,
+# layer_norm), so only biases are exempt and every LayerNorm weight decays.
+AUTHORS_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+NO_DECAY_CHOICES = ("authors", "norms")
+
+
+def parameter_groups(module: nn.Module, weight_decay: float, no_decay: str = "authors") -> list:
+    """AdamW groups [decayed, not decayed]. no_decay="authors": their name filter (biases only, in
+    practice); "norms": biases and every LayerNorm weight."""
+    if no_decay not in NO_DECAY_CHOICES:
+        raise ValueError(f"optim.no_decay must be one of {', '.join(NO_DECAY_CHOICES)}, got {no_decay!r}")
+    norms = {id(m.weight) for m in module.modules() if isinstance(m, nn.LayerNorm) and m.weight is not None}
+
+    def exempt(name, p):
+        if no_decay == "authors":
+            return any(part in name for part in AUTHORS_NO_DECAY)
+        return name.endswith("bias") or id(p) in norms
     decay, plain = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
-            (plain if name.endswith("bias") or id(p) in no_decay else decay).append(p)
+            (plain if exempt(name, p) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -87,7 +106,8 @@ class LitMIMIC(pl.LightningModule):
         self._model = [model]  # a list, so that the wrapper is not registered twice
         self.run_config = run_config
         self.dataset = dataset
-        own = {"units": list(model.config.units), "metadata": model.config.metadata}
+        own = {"units": list(model.config.units), "metadata": model.config.metadata,
+               "image_mode": model.config.image_mode}
         self.save_hyperparameters(OmegaConf.merge(run_config, {"mimic_el": own}))
         self._entity_terms, self._ranks = None, []
 
@@ -114,7 +134,8 @@ class LitMIMIC(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         inputs, gold = batch
         mention_terms = self.matcher.mention_side(self.model.encode(inputs))
-        scores = score_against_all(self.matcher, mention_terms, self._entity_terms)
+        scores = score_against_all(self.matcher, mention_terms, self._entity_terms,
+                                   self.run_config.data.eval_chunk_size)
         self._ranks.append(ranks_of_gold(scores, gold.to(scores.device)))
 
     def on_validation_epoch_end(self):
@@ -127,7 +148,7 @@ class LitMIMIC(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.run_config.optim
-        groups = parameter_groups(self, o.weight_decay)
+        groups = parameter_groups(self, o.weight_decay, o.no_decay)
         return torch.optim.AdamW(groups, lr=self.run_config.lr, betas=tuple(o.betas), eps=o.eps)
 
 
@@ -137,14 +158,36 @@ def _trainer_kwargs(config) -> dict:
         log.warning("the config asks for a GPU but none is available: training on the CPU")
         kwargs["accelerator"], kwargs["devices"] = "cpu", 1
     kwargs.setdefault("accelerator", "auto")
+    kwargs.setdefault("deterministic", True)  # as the authors run it (torch's deterministic algorithms)
     return kwargs
 
 
-def train(model, config, resume: bool = False, progress: bool = True) -> dict:
-    """Fit `model` on the config's dataset; returns paths of the best checkpoint and its test metrics."""
-    pl.seed_everything(config.seed, workers=True)
+@contextlib.contextmanager
+def _torch_flags_restored():
+    """Lightning switches torch's deterministic algorithms on for the whole process: back as they were after."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
+def train(model, config, resume: bool = False, progress: bool = True, allow_missing_images: bool = False) -> dict:
+    """Fit `model` on the config's dataset; returns paths of the best checkpoint and its test metrics.
+    Refuses a dataset where more than half of a split's (or the KB's) images are missing, unless
+    `allow_missing_images`."""
+    from .datacheck import refuse_missing_images
+    apply_run_config(model, config)
     dataset = Dataset(config)
+    refuse_missing_images(dataset, ["train", "dev"] + (["test"] if config.data.test_file else []),
+                          allow=allow_missing_images)
+    pl.seed_everything(config.seed, workers=True)
     train_mentions = subsample(dataset.split("train"), config.train_fraction, config.seed)
+    if config.train_fraction < 1:
+        log.warning("train_fraction %s: training on %d of %d mentions drawn with seed %s. This is NOT the "
+                    "authors' low-resource subset: for the paper's 10 %%/20 %% tables put their released subset "
+                    "file in data.train_file (and leave train_fraction at 1)", config.train_fraction,
+                    len(train_mentions), len(dataset.split("train")), config.seed)
     log.info("training on %d of %d training mentions", len(train_mentions), len(dataset.split("train")))
     d = config.data
     processor = model.processor
@@ -159,14 +202,14 @@ def train(model, config, resume: bool = False, progress: bool = True) -> dict:
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
                            enable_version_counter=False)
     stop = EarlyStopping(monitor="Val/mrr", mode="max", patience=config.early_stopping_patience, min_delta=0.0)
-    trainer = pl.Trainer(**_trainer_kwargs(config), deterministic="warn", default_root_dir=run_dir,
-                         logger=CSVLogger(config.output_dir, name=config.run_name), callbacks=[best, last, stop],
-                         enable_progress_bar=progress)
-    lit = LitMIMIC(model, config, dataset).train()
     resume_path = os.path.join(ckpt_dir, "last.ckpt") if resume else None
     if resume and not os.path.isfile(resume_path):
         raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
-    with torch.serialization.safe_globals(omegaconf_globals()):
+    lit = LitMIMIC(model, config, dataset).train()
+    with _torch_flags_restored(), torch.serialization.safe_globals(omegaconf_globals()):
+        trainer = pl.Trainer(**_trainer_kwargs(config), default_root_dir=run_dir,
+                             logger=CSVLogger(config.output_dir, name=config.run_name), callbacks=[best, last, stop],
+                             enable_progress_bar=progress)
         trainer.fit(lit, train_loader, val_loader, ckpt_path=resume_path, weights_only=True)
     result = {"run_dir": run_dir, "best_checkpoint": best.best_model_path or None,
               "best_val_mrr": float(best.best_model_score) if best.best_model_score is not None else None}
@@ -176,7 +219,7 @@ def train(model, config, resume: bool = False, progress: bool = True) -> dict:
         save_model(best_model, os.path.join(run_dir, "best"))
         if d.test_file:
             _, test_metrics = evaluate(best_model, dataset, "test", d.eval_batch_size, progress=progress,
-                                       entity_batch_size=d.embed_update_batch_size)
+                                       entity_batch_size=d.embed_update_batch_size, chunk_size=d.eval_chunk_size)
             result["test_metrics"] = test_metrics
         result["best_model"] = os.path.join(run_dir, "best")
         write_json(os.path.join(run_dir, "result.json"), result)

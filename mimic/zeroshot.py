@@ -68,12 +68,10 @@ def projection_blind_to(direction: torch.Tensor, rows: int, generator: torch.Gen
 
 @torch.no_grad()
 def blank_image_embedding(model) -> torch.Tensor:
-    """CLIP's image embedding of the all-zero pixels that stand for a missing image."""
-    clip = model.encoder.clip
-    size = model.processor.images.size
-    device = next(clip.parameters()).device
-    pooled = clip.vision_model(pixel_values=torch.zeros(1, 3, size, size, device=device)).pooler_output
-    embedding = clip.visual_projection(pooled)[0].float().cpu()
+    """CLIP's image embedding of the all-zero pixels that stand for a missing image (any backbone)."""
+    device = next(model.encoder.parameters()).device
+    embedding, _ = model.encoder.encode_image(model.processor.images.zeros()[None].to(device))
+    embedding = embedding[0].float().cpu()
     return embedding / embedding.norm()
 
 

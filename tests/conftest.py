@@ -4,6 +4,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # a hub lookup must fail at once, never wait for the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -69,9 +70,10 @@ def free_port() -> int:
 
 def start_app(tmp_path, checkpoint=None, extra_env=None, timeout=180):
     port = free_port()
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the app's temporary files (Gradio's uploads included), for inspection
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "MIMIC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           **(extra_env or {})}
+           "GRADIO_TEMP_DIR": str(tmp_path / "tmp" / "gradio"), "TMPDIR": str(tmp_path / "tmp"), **(extra_env or {})}
     if checkpoint:
         env["MIMIC_CHECKPOINT"] = checkpoint
     log = open(tmp_path / f"app-{port}.log", "w")
@@ -104,3 +106,20 @@ def app_server(tmp_path_factory, tiny_clip):
     process.wait(20)
 
 
+
+
+@pytest.fixture()
+def browser_page():
+    """A page of headless Debian Chromium, driven by Playwright (skipped, saying why, without Chromium)."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        if os.environ.get("MIMIC_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser.new_page(viewport={"width": 1400, "height": 1800})
+        browser.close()

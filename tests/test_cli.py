@@ -16,9 +16,12 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("command,needle", [("train", "--drop-unit"), ("evaluate", "--ranks-out")])
+@pytest.mark.parametrize("command,needle", [("train", "--drop-unit"), ("evaluate", "--ranks-out"),
+                                            ("train", "subset files the authors released: put such a file in data.train_file"),
+                                            ("train", "--image-mode {default,authors}"),
+                                            ("data check", "mention_images/")])
 def test_each_command_has_help(command, needle):
-    out = run(command, "--help")
+    out = run(*command.split(), "--help")
     assert out.returncode == 0 and needle in out.stdout
 
 

@@ -1,13 +1,21 @@
 """The demo: `python app.py` served for real, then driven through gradio_client and headless Chromium."""
+import html
+import io
 import os
-import shutil
 
+import gradio as gr
 import pytest
 import torch
 from PIL import Image
 
 from demo import heatmap, plots
-from demo.ui import describe_mention, occurrences
+from demo.kb import DemoKB
+from demo.models import LoadedModel, weights_fingerprint
+from demo.safe_text import markdown_literal, without_paths
+from demo.sessions import SessionEntities
+from demo.ui import DELETE_CACHE, DemoApp, build_app, describe_mention, occurrences, verdict_markdown
+from mimic.linker import QueryError
+from mimic.overlay import OverlayFull
 from tests.conftest import EXAMPLE_IMAGE, ROOT
 
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
@@ -43,7 +51,103 @@ def test_score_chart_and_token_plot():
     assert [t.name for t in fig.data] == ["S_T (text)", "S_V (vision)", "S_C (cross-modal)", "S (overall)"]
     assert list(fig.data[0].customdata[0]) == [6.0, 2.0] and list(fig.data[3].y) == [3.0]
     fig = plots.token_attention(torch.eye(3), ["a", "b", "c"], ["x", "<|endoftext|>", "<|endoftext|>"], "E")
-    assert list(fig.layout.xaxis.ticktext) == ["x", "<|endoftext|>", "·"]
+    assert list(fig.layout.xaxis.ticktext) == ["x", "&lt;|endoftext|&gt;", "·"]  # plotly shows "<|endoftext|>"
+
+
+def test_kb_text_is_shown_literally_in_markdown_and_plotly():
+    evil = "[x](https://evil.example) ![](https://evil.example/p.png) <img src=x> *a* _b_ # c https://evil.example"
+    escaped = markdown_literal(evil)
+    assert "<" not in escaped and "](" not in escaped and "https://" not in escaped
+    assert escaped.startswith("\\[x\\]\\(https\\:\\/\\/evil\\.example\\)") and "&lt;img src\\=x&gt;" in escaped
+    assert markdown_literal("a\nb") == "a b"
+    rows = [{"rank": 1, "name": evil, "qid": "Q1", "score": 1.0, "s_t": 1.0, "s_t_g2g": 1.0, "s_t_g2l": 1.0, "s_v": 1.0,
+             "s_v_e2m": 1.0, "s_v_m2e": 1.0, "s_c": 1.0}]
+    assert verdict_markdown({"nil": False, "results": rows}) == f"### → {escaped} (Q1)"
+    assert verdict_markdown({"nil": False, "results": [{**rows[0], "session": True}]}).endswith(
+        " (added in this session)")
+    assert plots.score_chart(rows).data[0].x[0] == "1. " + html.escape(evil)
+    fig = plots.token_attention(torch.eye(2), ["<b>", "x"], ["<a href=y>", "z"], "<i>E</i>")
+    assert "&lt;i&gt;E&lt;/i&gt;" in fig.layout.title.text
+    assert fig.data[0].customdata[0][0] == ["&lt;b&gt;", "&lt;a href=y&gt;"]
+
+
+def test_server_paths_are_removed_from_messages(tmp_path):
+    checkpoint = str(tmp_path / "runs" / "best")
+    message = (f"{checkpoint}/config.json: not valid JSON; [Errno 2] No such file or directory: "
+               f"'/srv/app/cache/kb-1/manifest.json' (see https://huggingface.co/docs)")
+    assert without_paths(message, {checkpoint: "the checkpoint"}) == (
+        "the checkpoint/config.json: not valid JSON; [Errno 2] No such file or directory: 'manifest.json' "
+        "(see https://huggingface.co/docs)")
+
+
+def test_the_model_is_described_by_kind_backbone_and_fingerprint(tiny_model):
+    loaded = LoadedModel(tiny_model, "trained checkpoint")
+    assert loaded.description == "MIMIC, trained checkpoint; CLIP ViT (2 layers of width 48, 32-px patches)"
+    loaded.fingerprints = {"encoder": "a" * 32, "checkpoint": "b" * 32}
+    assert loaded.description.endswith("; weights fingerprint " + weights_fingerprint(loaded.fingerprints))
+    tiny_model.config.encoder = "openai/clip-vit-base-patch32"  # a Hub id is public; a local folder is not named
+    assert "(openai/clip-vit-base-patch32)" in LoadedModel(tiny_model, "zero-shot", zero_shot=True).description
+
+
+def test_a_kb_that_cannot_be_prepared_is_explained_without_paths(tiny_model, tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "not-a-folder"))
+    kb = DemoKB(LoadedModel(tiny_model, "trained checkpoint"))
+    kb._prepare()
+    assert kb.error.startswith("The knowledge base could not be prepared: ") and "the cache" in kb.error
+    assert str(tmp_path) not in kb.error and ROOT not in kb.error
+
+
+def test_the_occurrence_chooser_is_bounded_and_limits_are_named():
+    highlighted, chooser = describe_mention("a " * 50_000, "a")
+    assert len(chooser["choices"]) == 50 and highlighted[1] == ("a", "mention")
+    with pytest.raises(gr.Error, match="The sentence is 100,001 characters long; the limit is 100,000 characters"):
+        describe_mention("a" * 100_001, "a")
+    with pytest.raises(gr.Error, match="The mention is 1,001 characters long; the limit is 1,000 characters"):
+        describe_mention("a", "a" * 1001)
+    with pytest.raises(gr.Error, match="The sentence must be text"):
+        describe_mention(["a"], "a")
+
+
+def test_session_entities_are_bounded_forgotten_and_keep_only_a_small_picture(tiny_model):
+    now = [0.0]
+    sessions = SessionEntities(per_session=2, max_sessions=2, idle_seconds=60, clock=lambda: now[0])
+    photo = Image.new("RGB", (3000, 2000), (200, 30, 30))
+    record = sessions.add("a", tiny_model, "mixed", "Red", "a red square", photo)
+    picture = Image.open(io.BytesIO(record["picture"]))
+    assert picture.format == "JPEG" and picture.size == (384, 256)
+    assert record["thumbnail"].startswith('<img src="data:image/jpeg;base64,')
+    sessions.add("b", tiny_model, "mixed", "B", "")
+    with pytest.raises(OverlayFull, match="holds the added entities of 2 sessions, its limit"):
+        sessions.add("c", tiny_model, "mixed", "C", "")
+    with pytest.raises(OverlayFull, match="needs a session"):
+        sessions.add(None, tiny_model, "mixed", "C", "")
+    sessions.end("b")
+    assert sessions.overlay("b") is None and len(sessions.overlay("a")) == 1
+    with pytest.raises(QueryError, match="Please give the new entity a name"):
+        sessions.add("d", tiny_model, "mixed", " ", "")
+    assert len(sessions) == 1  # a failed first add holds no session
+    now[0] = 59.0
+    assert sessions.overlay("a") is not None  # in use: its idle time starts again
+    now[0] = 110.0
+    assert sessions.overlay("a") is not None
+    now[0] = 171.0
+    assert sessions.overlay("a") is None and len(sessions) == 0 and sessions.entity_count() == 0
+
+
+def test_the_page_is_wired_for_public_use(tiny_model):
+    """Gradio cleans its temporary files, a closed tab ends its session, and every handler that reads a
+    text has a validator that refuses it before it is queued."""
+    class IdleKB(DemoKB):
+        def start(self):
+            return self  # the page is only built here, never served
+    loaded = LoadedModel(tiny_model, "trained checkpoint")
+    page = build_app(DemoApp(loaded, IdleKB(loaded)))
+    assert page.delete_cache == DELETE_CACHE and DELETE_CACHE[1] <= 3600
+    assert [fn.fn.__name__ for fn in page.fns.values() if any(t[1] == "unload" for t in fn.targets)] == ["end_session"]
+    texts = {block._id for block in page.blocks.values() if isinstance(block, gr.Textbox)}
+    readers = [fn for fn in page.fns.values() if {block._id for block in fn.inputs} & texts]
+    assert len(readers) == 7 and all(fn.validator is not None for fn in readers)
 
 
 # -- the served app ---------------------------------------------------------------------------------
@@ -76,37 +180,39 @@ def test_link_api_explains_bad_input(app_server, sentence, mention, message):
         Client(url, verbose=False).predict(sentence, mention, None, 3, api_name="/link")
 
 
-def test_the_page_links_and_draws_every_panel(app_server):
-    """Headless Chromium: type, upload, press Link; the ranked list, the chart and both heatmaps appear."""
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        if os.environ.get("MIMIC_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+def test_the_page_links_and_draws_every_panel(app_server, browser_page):
+    """Headless Chromium: type, upload, press Link; the ranked list, the chart, the relevance maps and the
+    attention heatmaps appear, and another unit's relevance is drawn on request."""
+    from playwright.sync_api import expect
     url, _, _ = app_server
     os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(url)
-        page.get_by_label("Sentence").fill("A portrait of Hopper was unveiled at the gallery opening.")
-        page.get_by_label("Mention").fill("Hopper")
-        page.locator("input[type=file]").first.set_input_files(EXAMPLE_IMAGE)
-        page.get_by_role("button", name="Link", exact=True).click()
-        expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
-        top_name = page.locator("#verdict").inner_text().split("→")[1].split("(")[0].strip()
-        expect(page.locator("#ranked")).to_contain_text(top_name)
-        assert page.locator("#ranked [role=grid]").get_attribute("aria-rowcount") == "6"  # header + Top k = 5
-        expect(page.locator("#ranked img").first).to_be_visible()  # thumbnails
-        expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
-        expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)
-        expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
-        expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
-        page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
-        browser.close()
+    page = browser_page
+    page.goto(url)
+    page.get_by_label("Sentence").fill("A portrait of Hopper was unveiled at the gallery opening.")
+    page.get_by_label("Mention").fill("Hopper")
+    page.locator("input[type=file]").first.set_input_files(EXAMPLE_IMAGE)
+    page.get_by_role("button", name="Link", exact=True).click()
+    expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
+    top_name = page.locator("#verdict").inner_text().split("→")[1].split("(")[0].strip()
+    expect(page.locator("#ranked")).to_contain_text(top_name)
+    assert page.locator("#ranked [role=grid]").get_attribute("aria-rowcount") == "6"  # header + Top k = 5
+    expect(page.locator("#ranked img").first).to_be_visible()  # thumbnails
+    expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
+    expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#token-attention .js-plotly-plot")).to_be_visible(timeout=30_000)
+    # the explanation panel: relevance over both pictures and the words, another unit on request
+    for panel in ("#mention-relevance", "#entity-relevance"):
+        expect(page.locator(f"{panel} img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#mention-relevance")).to_contain_text("Mention image: relevance for S")
+    expect(page.locator("#word-relevance")).to_contain_text("portrait")
+    before = page.locator("#mention-relevance img").get_attribute("src")
+    page.locator("#patch-unit").get_by_text("S_C (cross-modal)").click()
+    expect(page.locator("#mention-relevance")).to_contain_text("relevance for S_C", timeout=30_000)
+    expect(page.locator("#mention-relevance img")).not_to_have_attribute("src", before, timeout=30_000)
+    page.locator("#word-unit").get_by_text("S_T (text)").click()
+    expect(page.locator("#word-relevance")).to_contain_text("relevance for S_T", timeout=30_000)
+    page.screenshot(path=os.path.join(ARTIFACTS, "demo.png"), full_page=True)
 
 
 def test_without_pretrained_weights_the_page_says_so_plainly(tmp_path):

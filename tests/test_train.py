@@ -10,7 +10,7 @@ from mimic.checkpoint import load_authors_checkpoint, load_checkpoint
 from mimic.data import load_config, subsample
 from mimic.evaluate import evaluate
 from mimic.model import MIMIC, MIMICConfig
-from mimic.train import parameter_groups, train
+from mimic.train import train
 
 
 def _epoch_losses(run_dir, key="Train/loss_epoch"):
@@ -85,14 +85,3 @@ def test_low_resource_subset_is_reproducible():
     assert subsample(items, 0.1, 44) != a and subsample(items, 1.0, 43) == items
     with pytest.raises(ValueError, match="fraction must be in"):
         subsample(items, 0, 43)
-
-
-def test_no_weight_decay_for_biases_and_layernorm_weights(tiny_model):
-    decay, plain = parameter_groups(tiny_model, 1e-4)
-    names = {id(p): n for n, p in tiny_model.named_parameters()}
-    plain_names = {names[id(p)] for p in plain["params"]}
-    decay_names = {names[id(p)] for p in decay["params"]}
-    assert "matcher.tglu.layer_norm.weight" in plain_names and "matcher.tglu.fc_key.bias" in plain_names
-    assert "encoder.clip.text_model.final_layer_norm.weight" in plain_names
-    assert "matcher.tglu.fc_key.weight" in decay_names and decay["weight_decay"] == 1e-4 and plain["weight_decay"] == 0
-    assert len(plain_names) + len(decay_names) == len(names)

@@ -1,0 +1,281 @@
+"""Checkpoints on the Hugging Face Hub: use one by name, publish one with a model card.
+
+    resolve_checkpoint("owner/name")            -> the local snapshot of that model repo (downloaded or cached)
+    resolve_checkpoint("owner/name/best.ckpt")  -> one file of it
+    stage(K, folder, "owner/name")              -> the folder that `push_to_hub` uploads: the self-contained
+                                                   mimic-el checkpoint + README.md (the model card)
+    push_to_hub(K, "owner/name", private=False) -> creates the repo if needed, then one upload_folder call
+
+K is any checkpoint `load_checkpoint` reads (a mimic-el folder, or a Lightning .ckpt, converted). The card
+takes the datasets, metrics and training settings from the run around K when it is a training run's
+output (runs/<run>/best/ or runs/<run>/checkpoints/*.ckpt): result.json and the logged hparams.yaml.
+Local paths never go into the published files.
+"""
+import glob
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+
+import yaml
+
+from .checkpoint import CONFIG, CheckpointError, load_checkpoint, save_model
+from .fileio import write_json
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+METRICS = ("hits@1", "hits@3", "hits@5", "hits@10", "hits@20", "mrr", "mr")
+# the training settings a card shows (never the data paths, which name the publisher's folders)
+SETTINGS = ("run_name", "seed", "lr", "optim.betas", "optim.eps", "optim.weight_decay", "data.batch_size",
+            "data.text_max_length", "trainer.max_epochs", "trainer.check_val_every_n_epoch",
+            "early_stopping_patience", "train_fraction", "ablation.units", "ablation.unit_losses")
+CITATION = """\
+@inproceedings{luo2023mimic,
+  title     = {Multi-Grained Multimodal Interaction Network for Entity Linking},
+  author    = {Pengfei Luo and Tong Xu and Shiwei Wu and Chen Zhu and Linli Xu and Enhong Chen},
+  booktitle = {Proceedings of the 29th ACM SIGKDD Conference on Knowledge Discovery and Data Mining (KDD)},
+  publisher = {ACM},
+  year      = {2023},
+  eprint    = {2307.09721},
+  archivePrefix = {arXiv}
+}"""
+
+
+class HubError(ValueError):
+    """A Hub name or upload that cannot work, with the reason."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """"owner/name" as the Hub accepts it, or HubError saying what is wrong."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise HubError(f"{repo_id!r}: a Hub model repo is named owner/name")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo name: {str(e).splitlines()[0]}")
+    return repo_id
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A local file or folder as it is; "owner/name" or "owner/name/path/file" from the Hugging Face Hub
+    (or, offline, from its local cache)."""
+    if os.path.exists(spec):
+        return spec
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2:
+        raise CheckpointError(f"{spec}: no such file or folder, and not a Hub repo (owner/name)")
+    repo = "/".join(parts[:2])
+    try:
+        check_repo_id(repo)
+    except HubError:
+        raise CheckpointError(f"{spec}: no such file or folder, and not a Hub repo (owner/name)")
+    from huggingface_hub import hf_hub_download, snapshot_download
+    try:
+        if len(parts) == 2:
+            return snapshot_download(repo)
+        return hf_hub_download(repo, "/".join(parts[2:]))
+    except Exception as e:  # the hub client raises many kinds; all mean "not available here"
+        raise CheckpointError(f"{spec}: no such file or folder here, and it could not be downloaded from the Hugging "
+                              f"Face Hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+# -- what the run around a checkpoint tells ---------------------------------------------------------
+
+def run_folder(checkpoint: str) -> str:
+    """The training run a checkpoint came from (runs/<run>/best/ or runs/<run>/checkpoints/x.ckpt), or None."""
+    path = os.path.abspath(checkpoint)
+    for candidate in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        if os.path.isfile(os.path.join(candidate, "result.json")):
+            return candidate
+    return None
+
+
+def _read_run(run: str) -> tuple:
+    """(result.json as a dict, the logged run config as a dict); {} for what is missing or unreadable."""
+    result, settings = {}, {}
+    if not run:
+        return result, settings
+    try:
+        with open(os.path.join(run, "result.json"), encoding="utf-8") as f:
+            result = json.load(f)
+        result = result if isinstance(result, dict) else {}
+    except (OSError, ValueError) as e:
+        log.warning("%s/result.json is not readable, the card has no results: %s", run, e)
+    logged = sorted(glob.glob(os.path.join(run, "version_*", "hparams.yaml")), key=os.path.getmtime)
+    if logged:
+        try:
+            with open(logged[-1], encoding="utf-8") as f:
+                settings = yaml.safe_load(f)
+            settings = settings if isinstance(settings, dict) else {}
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("%s is not readable, the card has no training settings: %s", logged[-1], e)
+    return result, settings
+
+
+def _lookup(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _text(value, limit: int = 80) -> str:
+    """A value from a file, safe inside a Markdown table cell: one line, no table or HTML syntax, bounded."""
+    text = re.sub(r"[\s|<>`\\]+", " ", str(value)).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+# -- the card ---------------------------------------------------------------------------------------
+
+def _base_model(encoder: str):
+    """The Hub id of the CLIP a backbone starts from, or None (a local folder, random weights)."""
+    from .backbones import is_open_clip
+    if is_open_clip(encoder):
+        from .open_clip_encoder import parse_spec
+        name, tag = parse_spec(encoder)
+        if not tag:
+            return None
+        import open_clip
+        parts = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub", "").strip("/").split("/")
+        return "/".join(parts[:2]) if len(parts) >= 2 else None  # "org/repo/" or "org/repo/file"
+    is_repo = re.fullmatch(r"[\w.-]+/[\w.-]+", encoder) and not os.path.exists(encoder)
+    return encoder if is_repo else None
+
+
+def _describe_backbone(encoder: str, base_model: str) -> str:
+    from .backbones import has_pretrained_weights, is_open_clip
+    if is_open_clip(encoder):
+        weights = f"pretrained weights of {base_model}" if base_model else (
+            "pretrained weights" if has_pretrained_weights(encoder) else "trained from random weights")
+        return f"`{_text(_public(encoder))}` (open_clip; {weights})"
+    if base_model:
+        return f"`{base_model}` (transformers CLIP)"
+    return f"a CLIP from a local folder (`{_text(_public(encoder))}`), transformers format"
+
+
+def _public(value):
+    """A recorded value with local paths cut to their last part (a card and a config.json are published)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(value.rstrip("/"))
+    return value
+
+
+def model_card(model, repo_id: str, run: str = None) -> str:
+    """README.md for the Hub: metadata (library_name, base_model, tags, datasets, metrics, model-index) and
+    what a user needs: how to load it, the backbone, the training settings, the results, the NIL rule."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    result, settings = _read_run(run)
+    config = model.config
+    dataset = _text(settings.get("run_name") or (os.path.basename(run) if run else ""), 60) or None
+    test = result.get("test_metrics") if isinstance(result.get("test_metrics"), dict) else {}
+    scores = {k: _number(test.get(k)) for k in METRICS if _number(test.get(k)) is not None}
+    base_model = _base_model(config.encoder)
+    eval_results = [EvalResult(task_type="entity-linking", task_name="Multimodal entity linking",
+                               dataset_type=dataset, dataset_name=dataset, dataset_split="test", metric_type=k,
+                               metric_name=k.upper() if k in ("mrr", "mr") else k.replace("hits", "H"),
+                               metric_value=round(v if k == "mr" else 100 * v, 2))
+                    for k, v in scores.items()] if dataset else None
+    data = ModelCardData(library_name="mimic-el", license="mit", base_model=base_model,
+                         tags=["entity-linking", "multimodal", "mimic", "clip"]
+                         + (["open_clip"] if config.encoder.startswith("open_clip:") else []),
+                         datasets=[dataset] if dataset else None, metrics=list(scores) or None,
+                         model_name=repo_id, eval_results=eval_results or None)
+
+    lines = [f"# {repo_id}", "",
+             "MIMIC, the multimodal entity linker of Luo et al. (\"Multi-Grained Multimodal Interaction Network for "
+             "Entity Linking\", KDD 2023), published with mimic-el. A mention (its words, the sentence, an optional "
+             "image) is scored against every entity of a knowledge base (name, description, image) by three "
+             "interaction units: S = (S_T + S_V + S_C) / 3.", "",
+             "## Use it", "", "With mimic-el installed (`pip install .` in its repository):", "", "```bash",
+             f"mimic encode-kb --entities my_entities.json --images photos/ --checkpoint {repo_id} --out kb/mine",
+             f"mimic link --kb kb/mine --checkpoint {repo_id} --sentence \"Hopper painted Nighthawks.\" --mention Hopper",
+             f"MIMIC_CHECKPOINT={repo_id} python app.py   # the demo, from the mimic-el repository", "```", "",
+             "```python", "from mimic.linker import Linker",
+             f"linker = Linker.open(\"kb/mine\", checkpoint=\"{repo_id}\")",
+             "linker.link(\"Hopper painted Nighthawks in 1942.\", \"Hopper\", image=None, top_k=5)", "```", "",
+             "The folder is self-contained (weights, backbone architecture, tokenizer, image settings): it loads "
+             "offline once downloaded.", "",
+             "## Model", "", "| | |", "|---|---|",
+             f"| backbone | {_describe_backbone(config.encoder, base_model)} |",
+             f"| MIMIC widths | dv {config.dv}, TGLU {config.tglu_dim}, VDLU {config.vdlu_dim}, CMFU {config.cmfu_dim} |",
+             f"| units in S | {', '.join(config.units)} |",
+             f"| text length | {config.text_max_length} tokens |", ""]
+    shown = [(k, _lookup(settings, k)) for k in SETTINGS if _lookup(settings, k) is not None]
+    lines += ["## Training", ""]
+    if shown:
+        lines += ["| setting | value |", "|---|---|"] + [f"| {k} | {_text(v)} |" for k, v in shown]
+    else:
+        lines += ["The training settings were not found beside this checkpoint."]
+    lines += [""]
+    if scores:
+        lines += [f"## Results ({dataset or 'test'} test split)", "",
+                  "| " + " | ".join(k for k in scores) + " |", "|" + "---|" * len(scores),
+                  "| " + " | ".join(f"{v:.2f}" if k == "mr" else f"{100 * v:.2f}" for k, v in scores.items()) + " |",
+                  "", "H@k and MRR in %, MR the mean rank of the gold entity among all KB entities.", ""]
+    nil = config.metadata.get("nil") if isinstance(config.metadata, dict) else None
+    lines += ["## NIL answers", ""]
+    if isinstance(nil, dict) and _number(nil.get("threshold")) is not None:
+        accuracy = _number(nil.get("accuracy"))
+        lines += [f"The linker answers NIL (\"no matching entity in the KB\") when `{_text(nil.get('feature'), 20)}` < "
+                  f"{nil['threshold']:.4f}, a rule calibrated on the {_text(nil.get('split', 'dev'), 20)} split"
+                  + (f" (accuracy {100 * accuracy:.2f} %)" if accuracy is not None else "") + "."]
+    else:
+        lines += ["No NIL rule: the linker always answers the best entity. Calibrate one with "
+                  "`mimic calibrate-nil --config C.yaml --checkpoint K`."]
+    lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+# -- staging and upload -----------------------------------------------------------------------------
+
+def stage(checkpoint: str, folder: str, repo_id: str, encoder: str = None) -> str:
+    """Write the folder `push_to_hub` uploads into `folder` (which must not exist or be empty): the
+    checkpoint in the mimic-el format (a .ckpt is converted) and README.md. Returns `folder`."""
+    check_repo_id(repo_id)
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise HubError(f"{folder} exists and is not an empty folder; choose a new one")
+    source = resolve_checkpoint(checkpoint)
+    model = load_checkpoint(source, encoder=encoder)
+    save_model(model, folder)
+    config_path = os.path.join(folder, CONFIG)
+    with open(config_path, encoding="utf-8") as f:
+        recorded = json.load(f)
+    write_json(config_path, _public(recorded))
+    with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
+        f.write(model_card(model, repo_id, run_folder(source)))
+    return folder
+
+
+def push_to_hub(checkpoint: str, repo_id: str, private: bool = False, encoder: str = None, token: str = None) -> str:
+    """Publish a checkpoint as the Hub model repo `repo_id` (created if needed; `private` applies then).
+    Returns the repo's URL."""
+    from huggingface_hub import HfApi
+    check_repo_id(repo_id)
+    staging = tempfile.mkdtemp(prefix="mimic-push-")
+    try:
+        stage(checkpoint, os.path.join(staging, "model"), repo_id, encoder)
+        api = HfApi(token=token)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=os.path.join(staging, "model"), repo_type="model",
+                              commit_message="Upload MIMIC checkpoint (mimic-el)")
+        except Exception as e:  # the hub client raises many kinds (no token, no network, no permission)
+            raise HubError(f"could not publish to the Hugging Face Hub as {repo_id} (log in with `hf auth login` "
+                           f"or set HF_TOKEN): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return str(url)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
