@@ -26,7 +26,7 @@ import shutil
 import numpy as np
 
 from . import retrieval, versions
-from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS
+from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS, codec_of
 from .data import read_json
 from .encoding import encode_batch
 from .entityimages import checked_image, label
@@ -35,7 +35,7 @@ from .fingerprint import model_fingerprints
 from .matcher import flatten_terms
 from .processing import entity_text
 from .segment import SegmentWriter, write_records
-from .store import KBStore, StoreError, index_segment, measure_space, now, segment_name, term_spec
+from .store import KBStore, StoreError, index_segment, measure_space, now, segment_name
 from .versions import DEFAULT_WAIT
 
 HISTORY = 100  # edits kept in the manifest's history
@@ -238,12 +238,17 @@ def _rewrite(path: str, model, precision: str, op: str, wait: float, progress: b
         manifest = store.manifest
         name = segment_name(manifest.get("kb_version", 1) + 1)
         folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
-        writer = None
-        for position, values in store.scan(store.term_names()):
-            if writer is None:
-                spec = term_spec(values, precision)
-                writer = SegmentWriter(folder, len(store), spec, create=True)
-            writer.put(position, values)
+        names = store.term_names()
+        spec = {n: {"codec": codec_of(n, precision), "shape": list(store.segments[0].spec[n]["shape"])} for n in names}
+        # coded values are copied when no codec changes: coding twice could move them (centred4)
+        copy = all({n: segment.spec[n] for n in names} == spec for segment in store.segments)
+        writer = SegmentWriter(folder, len(store), spec, create=True)
+        for position, values in store.scan(names, coded=copy):
+            if copy:
+                for name, coded in values.items():
+                    writer.put_coded(position, name, coded)
+            else:
+                writer.put(position, values)
         writer.close()
         root = os.path.realpath(path)
         images = set()

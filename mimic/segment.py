@@ -160,9 +160,9 @@ class Segment:
             out[name] = compression.decode(spec["codec"], [a[rows] for a in self.arrays[name]], spec["shape"][-1])
         return out
 
-    def raw_rows(self, rows) -> dict:
-        """The coded arrays at `rows`, file by file (for copying into another segment)."""
-        return {name: [np.asarray(a[rows]) for a in arrays] for name, arrays in self.arrays.items()}
+    def raw_rows(self, names, rows) -> dict:
+        """The coded arrays of the terms `names` at `rows`, file by file (for copying into another segment)."""
+        return {name: [np.asarray(a[rows]) for a in self.arrays[name]] for name in names}
 
     def find(self, ident: str) -> list:
         """Rows whose id may be `ident` (hash matches; the caller checks the record)."""

@@ -177,19 +177,21 @@ class KBStore:
             out = {n: np.zeros((0, *self.segments[0].spec[n]["shape"]), np.float32) for n in names}
         return out
 
-    def scan(self, names, chunk: int = SCAN_CHUNK):
-        """(first live position, float values of `names`) for every live entity, chunk by chunk, in order."""
+    def scan(self, names, chunk: int = SCAN_CHUNK, coded: bool = False):
+        """(first live position, float values of `names`) for every live entity, chunk by chunk, in order;
+        coded=True: each term's coded arrays instead (`Segment.raw_rows`), to copy them unchanged."""
         position = 0
         for s, segment in enumerate(self.segments):
             first_row = int(self.starts[s])
             for start in range(0, segment.count, chunk):
                 end = min(segment.count, start + chunk)
-                values = segment.read(names, slice(start, end))
+                rows = slice(start, end)
+                values = segment.raw_rows(names, rows) if coded else segment.read(names, rows)
                 lo, hi = np.searchsorted(self.removed, [first_row + start, first_row + end])
                 if hi > lo:
                     alive = np.ones(end - start, bool)
                     alive[self.removed[lo:hi] - first_row - start] = False
-                    values = {n: v[alive] for n, v in values.items()}
+                    values = {n: [a[alive] for a in v] if coded else v[alive] for n, v in values.items()}
                 count = end - start - int(hi - lo)
                 if count:
                     yield position, values

@@ -236,8 +236,11 @@ def test_compaction_keeps_ids_order_and_rankings(tiny_model, synth_dataset, tmp_
     store = KBStore.load(path)
     ids, mentions = [e["id"] for e in store.entities], synth_dataset.split("test")[:15]
     before = top(Linker(tiny_model, store), synth_dataset, mentions)
+    terms = store.read_terms(np.arange(len(store)))
     manifest = compact_store(path, tiny_model, progress=False)
     compacted = KBStore.load(path)
+    for name, values in compacted.read_terms(np.arange(len(compacted))).items():
+        assert np.array_equal(values, terms[name]), name  # the coded values are copied, not coded again
     assert len(manifest["segments"]) == 1 and manifest["removed"] is None and manifest["kb_version"] == 4
     assert [e["id"] for e in compacted.entities] == ids
     kept_image = compacted.entities[compacted.find("Qb")]["image"]
