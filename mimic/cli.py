@@ -190,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="entities per resumable chunk (an interruption loses at most one chunk)")
     p.add_argument("--precision", choices=["compact", "mixed", "float32"], default="compact",
-                   help="compact: 4.8 kB per entity (4-bit token terms, 24-bit dot-product terms; see README for "
-                        "the error); mixed: format 1's (float16 token terms, 11.7 kB); float32: exact (19.5 kB)")
+                   help="compact: 5.3 kB per entity (4-bit codes of the token terms, 24-bit for the rest; see "
+                        "README for the error); mixed: format 1's (float16 token terms, 11.7 kB); float32: exact (19.5 kB)")
     p.add_argument("--shard", metavar="I/N", help="encode only shard I of N (0-based) into --out")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="assemble finished shard folders into --out")
     p.add_argument("--restart", action="store_true", help="discard an unfinished encoding of --out and start over")

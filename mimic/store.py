@@ -2,9 +2,9 @@
 
 A store is a folder of immutable segments and a manifest naming the current version (mimic/versions.py:
 the atomic switch, the writer lock). A segment (mimic/segment.py) holds coded terms (mimic/compression.py:
-4.8 kB per entity at the default precision "compact"), entity records read on demand, and its retrieval
+5.3 kB per entity at the default precision "compact"), entity records read on demand, and its retrieval
 index (mimic/retrieval.py), built once and saved. `KBStore.load` maps the current version's files and
-parses nothing per entity: a million entities open in about a second, and a query reads the pages of the
+parses nothing per entity: a million entities open in 0.2 s, and a query reads the pages of the
 rows it touches. Entities have a position (`index`, 0..len-1, what `store.entities[i]` and the linker
 use) and a stable `id` (the QID, or the index the entity had when it was first encoded), which edits
 take and `link` shows.
