@@ -74,17 +74,22 @@ def _reference(model, texts, images, target):
     return out
 
 
+def _assert_two_passes_equal_one_per_score(model, texts, images):
+    _, relevance, _ = relevance_pass(model, texts, images)
+    for target in GRID_TARGETS:
+        reference = _reference(model, texts, images, target)
+        for tower in ("vision", "text"):
+            torch.testing.assert_close(relevance[target][tower], reference[tower], rtol=1e-4, atol=1e-6)
+    return relevance
+
+
 @pytest.mark.parametrize("units", [("tglu", "vdlu", "cmfu"), ("tglu", "cmfu")])
 def test_two_backward_passes_equal_one_per_score(tiny_clip, synth_dataset, units):
     """S's gradient is the mean of the kept units' (ablations included), S_T reads no image and S_V no text."""
     model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip, units=units), seed=1).eval()
     text, image, etext, eimage = _pair(synth_dataset)
     images = [Image.open(image).convert("RGB"), Image.open(eimage).convert("RGB")]
-    _, relevance, _ = relevance_pass(model, [text, etext], images)
-    for target in GRID_TARGETS:
-        reference = _reference(model, [text, etext], images, target)
-        for tower in ("vision", "text"):
-            torch.testing.assert_close(relevance[target][tower], reference[tower], rtol=1e-4, atol=1e-6)
+    relevance = _assert_two_passes_equal_one_per_score(model, [text, etext], images)
     assert relevance["s_t"]["vision"].abs().max() == 0 and relevance["s_v"]["text"].abs().max() == 0
     assert relevance["s"]["vision"][:, 1:].sum() > 0 and relevance["s"]["text"].sum() > 0
 
@@ -182,11 +187,7 @@ def test_open_clip_towers_are_explained_like_transformers_ones(tmp_path, synth_d
     assert len(out["mention_relevance"]["s"]) == 7 and max(map(max, out["mention_relevance"]["s_v"])) > 0
     assert len(out["token_relevance"]["tokens"]) == len(out["token_relevance"]["s"]) > 0
     images = [Image.open(image).convert("RGB"), Image.open(eimage).convert("RGB")]
-    _, relevance, _ = relevance_pass(model, [text, etext], images)
-    for target in GRID_TARGETS:
-        reference = _reference(model, [text, etext], images, target)
-        for tower in ("vision", "text"):
-            torch.testing.assert_close(relevance[target][tower], reference[tower], rtol=1e-4, atol=1e-6)
+    relevance = _assert_two_passes_equal_one_per_score(model, [text, etext], images)
     assert relevance["s"]["text"].shape == (2, 77)  # open_clip's text tower runs over its whole context
     with torch.enable_grad(), tracer_for(model).recording() as traces:
         f = model.encode(model.processor([text, etext], images))
