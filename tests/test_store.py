@@ -424,3 +424,17 @@ def test_format_1_stores_are_read_and_upgraded(reference_store, tmp_path, tiny_m
     assert [r["id"] for r in after["results"]] == [r["id"] for r in before[0]["results"]]
     assert [r["score"] for r in after["results"]] == pytest.approx([r["score"] for r in before[0]["results"]],
                                                                    abs=1e-3)
+
+
+def test_autocast_encoding_stays_close_to_float32(tmp_path, synth_dataset, tiny_model):
+    """encode-kb --autocast bf16 (what a GPU runs, in fp16 there): the terms are stored in float32 form,
+    near the float32 encoder's; without autocast the store is the exact one."""
+    exact, fast, again = (str(tmp_path / n) for n in ("exact", "bf16", "none"))
+    encode(tiny_model, synth_dataset, exact, precision="float32")
+    encode(tiny_model, synth_dataset, fast, precision="float32", autocast="bf16")
+    encode(tiny_model, synth_dataset, again, precision="float32", autocast=None)
+    assert_same_store(exact, again)
+    x, y = all_terms(exact), all_terms(fast)
+    for name in ("tglu.t_g", "tglu.query", "cmfu.f"):
+        assert y[name].dtype == np.float32 and not np.array_equal(x[name], y[name]), name  # it did round
+        assert np.abs(x[name] - y[name]).max() < 0.05 * np.abs(x[name]).max(), name  # bf16: 8 mantissa bits
