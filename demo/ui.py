@@ -1,5 +1,6 @@
 """The Gradio page: inputs, ranked entities, unit scores, the explanation panel (relevance maps over
 patches and words, CMFU α, TGLU token attention), and the /link, /explain and /add_entity APIs."""
+import contextlib
 import itertools
 import json
 import logging
@@ -21,6 +22,24 @@ from .safe_text import markdown_literal
 from .sessions import PER_SESSION, SessionEntities, compact_picture, open_picture
 
 log = logging.getLogger(__name__)
+
+
+LINK_FAILED = "Something went wrong while linking; the details are in the server log."
+
+
+@contextlib.contextmanager
+def visitor_errors(failure: str, expected=(), logged: str = ""):
+    """What a visitor sees of an error: a refusal (gr.Error) or an `expected` error as its own message; any
+    other error only as `failure`, its traceback kept in the server log under `logged`."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except expected as e:
+        raise gr.Error(str(e))
+    except Exception:
+        log.exception(logged)
+        raise gr.Error(failure)
 TABLE_HEADERS = ["Rank", "Image", "Entity", "Description", "S"]
 MAX_SENTENCE_CHARS = 100_000
 MAX_MENTION_CHARS = 1_000
@@ -202,13 +221,8 @@ class DemoApp:
 
     def api_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
         """/link: the ranked entities with every unit score (the `link` command's fields)."""
-        try:
+        with visitor_errors(LINK_FAILED, logged="/link failed"):
             result, _, _, _ = self._query(sentence, mention, image_path, top_k, request)
-        except gr.Error:
-            raise
-        except Exception:
-            log.exception("/link failed")
-            raise gr.Error("Something went wrong while linking; the details are in the server log.")
         return {"sentence": sentence, "mention": mention, "model": self.loaded.description,
                 "zero_shot": self.loaded.zero_shot, **result}
 
@@ -222,15 +236,10 @@ class DemoApp:
         return record.get("thumbnail", NO_IMAGE) if record.get("session") else self.kb.thumbnail(record)
 
     def ui_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
-        try:
+        with visitor_errors(LINK_FAILED, logged="linking failed"):
             result, image, terms, overlay = self._query(sentence, mention, image_path, top_k, request)
             rows = result["results"]
             records = [self._entity(candidate_key(r), overlay) for r in rows]
-        except gr.Error:
-            raise
-        except Exception:
-            log.exception("linking failed")
-            raise gr.Error("Something went wrong while linking; the details are in the server log.")
         table = [[r["rank"], self._thumbnail(meta), r["name"] + (SESSION_MARK if r.get("session") else ""),
                   _description(meta.get("description", "")), round(r["score"], 3)] for r, meta in zip(rows, records)]
         choices = [(f"{r['rank']}. {r['name']}", candidate_key(r)) for r in rows]
@@ -247,13 +256,10 @@ class DemoApp:
         linker = self._linker()
         image = uploaded_image(image_path)
         precision = linker.store.manifest.get("precision", "mixed")  # the session's terms rounded like the KB's
-        try:
+        # QueryError: a limit, or an empty name
+        with visitor_errors("The entity could not be added; the details are in the server log.", QueryError,
+                            logged="adding an entity failed"):
             record = self.sessions.add(_session(request), self.loaded.model, precision, name, description, image)
-        except QueryError as e:  # a limit, or an empty name
-            raise gr.Error(str(e))
-        except Exception:
-            log.exception("adding an entity failed")
-            raise gr.Error("The entity could not be added; the details are in the server log.")
         count, limit = len(self.sessions.overlay(_session(request))), self.sessions.per_session
         message = (f"Added “{record['name']}” for this session ({count} of {limit}): it can be linked right away, "
                    "by you only, until you close the page.")
@@ -280,7 +286,8 @@ class DemoApp:
             return (*[hidden] * 6, gr.update(value="", visible=False), None)
         overlay = self.sessions.overlay(_session(request))
         linker, notes = self.kb.linker, []
-        try:
+        with visitor_errors("Could not explain this candidate; the details are in the server log.",
+                            (QueryError, ImageError), logged="explanation failed"):
             image = open_picture(state["picture"]) if state.get("picture") else None
             sentence, mention = check_query(state["sentence"], state["mention"])
             query = (sentence, mention, image, entity_key, state.get("terms"))
@@ -290,11 +297,6 @@ class DemoApp:
                 out = linker.explain(*query, extra=overlay, relevance=False)
                 notes.append(f"Relevance maps are not available here: {e}.")
             meta = self._entity(entity_key, overlay)
-        except (QueryError, ImageError) as e:
-            raise gr.Error(str(e))
-        except Exception:
-            log.exception("explanation failed")
-            raise gr.Error("Could not explain this candidate; the details are in the server log.")
         entity_image = self._entity_picture(meta)
         explanation = {"name": meta["name"], "text": mention_text(mention, sentence),
                        "max_tokens": linker.model.processor.max_length, "mention_picture": state.get("picture"),
@@ -363,14 +365,10 @@ class DemoApp:
         key = entity.strip()
         if overlay is None or overlay.position(key) is None:
             key = key if not key.lstrip("-").isdigit() else int(key)
-        try:
+        with visitor_errors("Something went wrong while explaining; the details are in the server log.",
+                            (QueryError, UnsupportedBackbone), logged="/explain failed"):
             out = linker.explain(sentence, mention, image, key, extra=overlay)
             meta = self._entity(key, overlay)
-        except (QueryError, UnsupportedBackbone) as e:
-            raise gr.Error(str(e))
-        except Exception:
-            log.exception("/explain failed")
-            raise gr.Error("Something went wrong while explaining; the details are in the server log.")
         record = {"index": None if meta.get("session") else key, "id": meta.get("id"), "qid": meta.get("qid"),
                   "name": meta.get("name"), "session": bool(meta.get("session"))}
         return {"sentence": sentence, "mention": mention, "entity": record, "model": self.loaded.description,

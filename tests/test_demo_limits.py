@@ -171,3 +171,19 @@ def test_no_answer_carries_a_server_path(app_server, tiny_clip):
     for answer in answers:
         for path in (str(tmp / "ckpt"), str(tmp / "cache"), ROOT, tiny_clip):
             assert path not in answer, (path, answer[:300])
+
+
+def test_an_unexpected_error_reaches_a_visitor_as_one_sentence_and_the_log_keeps_it(caplog):
+    import gradio as gr
+    from demo.ui import visitor_errors
+    from mimic.linker import QueryError
+    with pytest.raises(gr.Error) as refused, visitor_errors("It failed.", QueryError, logged="/x failed"):
+        raise QueryError("The mention is empty.")
+    assert refused.value.message == "The mention is empty."
+    with pytest.raises(gr.Error) as refused, visitor_errors("It failed.", QueryError, logged="/x failed"):
+        raise gr.Error("The sentence is too long.")
+    assert refused.value.message == "The sentence is too long."
+    with pytest.raises(gr.Error) as failed, visitor_errors("It failed.", QueryError, logged="/x failed"):
+        raise OSError("/srv/secret/store/manifest.json: damaged")
+    assert failed.value.message == "It failed."  # no path, no traceback for the visitor
+    assert "/x failed" in caplog.text and "/srv/secret/store/manifest.json" in caplog.text
