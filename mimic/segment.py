@@ -33,6 +33,13 @@ INDEX_FILE = "index.faiss"
 RECORD_FIELDS = ("id", "qid", "name", "description", "image")
 
 
+def record_id(raw: dict) -> str:
+    """An entity's stable id: its "id" (format 2 always writes one), else, in a format-1 record, its QID, else
+    the index it was first encoded at."""
+    ident = raw.get("id")
+    return str(ident) if ident is not None else (raw.get("qid") or str(raw.get("index")))
+
+
 def id_hash(ident: str) -> int:
     return int.from_bytes(hashlib.blake2b(str(ident).encode("utf-8"), digest_size=8).digest(), "little")
 
@@ -169,7 +176,7 @@ class Segment:
         if self._ids is None:
             path = os.path.join(self.folder, ID_HASH)
             if self.legacy or not os.path.exists(path):  # format 1: read the ids once
-                hashes = np.array([id_hash(self.records[r].get("id")) for r in range(self.count)], np.uint64)
+                hashes = np.array([id_hash(record_id(self.records[r])) for r in range(self.count)], np.uint64)
                 order = np.argsort(hashes, kind="stable")
                 self._ids = (hashes[order], order.astype(np.int64))
             else:

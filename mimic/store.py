@@ -41,7 +41,7 @@ from .fileio import atomic_file, make_dirs, write_json
 from .images import log_unusable
 from .matcher import flatten_terms
 from .processing import entity_text
-from .segment import Segment, SegmentWriter, load_npy, write_records
+from .segment import Segment, SegmentWriter, load_npy, record_id, write_records
 from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,7 @@ class KBStore:
         image = raw.get("image")
         if isinstance(image, str) and image and not os.path.isabs(image):
             image = os.path.join(os.path.abspath(self.path), image)  # copied into the store: relative to it
-        ident = raw.get("id")
-        return {"index": int(index), "id": ident if ident is not None else (raw.get("qid") or str(raw.get("index"))),
+        return {"index": int(index), "id": record_id(raw),
                 "qid": raw.get("qid"), "name": raw.get("name"), "description": raw.get("description"), "image": image}
 
     def find(self, ident: str):
@@ -240,8 +239,7 @@ class KBStore:
                 i = np.searchsorted(self.removed, row)
                 if i < len(self.removed) and self.removed[i] == row:
                     continue
-                record = segment.records[local]
-                if str(record.get("id", record.get("qid") or record.get("index"))) == ident:
+                if record_id(segment.records[local]) == ident:
                     return int(self.live([row])[0])
         return None
 
