@@ -119,12 +119,6 @@ def read_kb(path: str, qid2id: dict = None, data=None) -> list:
     return [entity for _, entity in by_id]
 
 
-def read_kb_ids(path: str, data=None) -> list:
-    """The `id` of every entity of kb_entity.json, sorted (position -> id)."""
-    data = _json_list(path, "KB entity", "entities", data)
-    return sorted(_field(path, position, entry, "id", (int,), "entity") for position, entry in enumerate(data))
-
-
 def read_plain_entities(path: str, data=None) -> list:
     """A plain entity list: [{"name", "description", "image" (file name or null), "qid" or "id" (optional)}]."""
     data = _json_list(path, "entity", "entities", data)
@@ -280,11 +274,10 @@ class Dataset:
                 raise DataError(f"the config has no data.{key}")
         self.config = config
         self.qid2id = read_qid2id(data.qid2id)
-        kb = read_json(data.entity, "KB entity")
-        self.entities = read_kb(data.entity, self.qid2id, kb)
+        self.entities = read_kb(data.entity, self.qid2id)
         self.kb_images = data.kb_img_folder or ""
         self.mention_images = data.mention_img_folder or ""
-        position_of_id = {ident: position for position, ident in enumerate(read_kb_ids(data.entity, kb))}
+        position_of_id = {self.qid2id[e.qid]: e.index for e in self.entities if e.qid is not None}
         # QID -> score column; a QID whose id has no entity (a subset KB) is absent
         self.position = {qid: position_of_id[ident] for qid, ident in self.qid2id.items() if ident in position_of_id}
         self.unmatched_qids = sorted(qid for qid in self.qid2id if qid not in self.position)
