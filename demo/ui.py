@@ -13,7 +13,7 @@ from mimic.images import ImageError, open_image
 from mimic.linker import Query, QueryError, check_query
 from mimic.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from mimic.processing import mention_text
-from mimic.relevance import UnsupportedBackbone
+from mimic.relevance import UnsupportedBackbone, tracer_for
 
 from . import heatmap, plots
 from .kb import DEMO_KB, NO_IMAGE, DemoKB
@@ -40,6 +40,8 @@ def visitor_errors(failure: str, expected=(), logged: str = ""):
     except Exception:
         log.exception(logged)
         raise gr.Error(failure)
+
+
 TABLE_HEADERS = ["Rank", "Image", "Entity", "Description", "S"]
 MAX_SENTENCE_CHARS = 100_000
 MAX_MENTION_CHARS = 1_000
@@ -187,6 +189,12 @@ class DemoApp:
         self.loaded = loaded or load_demo_model()
         self.kb = (kb or DemoKB(self.loaded)).start()
         self.sessions = sessions or SessionEntities()
+        # relevance maps depend only on the model's encoder: decided once, not tried again on each request
+        try:
+            tracer_for(self.loaded.model)
+            self.no_relevance = None
+        except UnsupportedBackbone as e:
+            self.no_relevance = f"Relevance maps are not available here: {e}."
 
     # -- status -----------------------------------------------------------------------------------
     def status_markdown(self) -> str:
@@ -290,12 +298,10 @@ class DemoApp:
                             (QueryError, ImageError), logged="explanation failed"):
             image = open_picture(state["picture"]) if state.get("picture") else None
             sentence, mention = check_query(state["sentence"], state["mention"])
-            query = (sentence, mention, image, entity_key, state.get("terms"))
-            try:
-                out = linker.explain(*query, extra=overlay)
-            except UnsupportedBackbone as e:
-                out = linker.explain(*query, extra=overlay, relevance=False)
-                notes.append(f"Relevance maps are not available here: {e}.")
+            out = linker.explain(sentence, mention, image, entity_key, state.get("terms"), extra=overlay,
+                                 relevance=self.no_relevance is None)
+            if self.no_relevance:
+                notes.append(self.no_relevance)
             meta = self._entity(entity_key, overlay)
         entity_image = self._entity_picture(meta)
         explanation = {"name": meta["name"], "text": mention_text(mention, sentence),
