@@ -534,9 +534,7 @@ def _results_table(rows):
 
 def cmd_link(args):
     from tqdm.auto import tqdm
-    from .data import DataError
     from .fileio import write_jsonl
-    from .images import open_image
     from .linker import Linker
     from .store import KBStore
     single = args.sentence is not None or args.mention is not None
@@ -545,10 +543,8 @@ def cmd_link(args):
     if args.queries and not args.out:
         raise SystemExit("error: --queries needs --out O.jsonl")
     queries, image_missing = _read_queries(args.queries) if args.queries else (None, None)
-    if single and args.image:  # a missing or damaged file is an error, not a text-only link
-        if not os.path.isfile(args.image):
-            raise DataError(f"{args.image}: image file not found")
-        open_image(args.image)  # the model's own image pipeline (and image mode) then reads the file
+    if single:
+        _checked_image(args.image)  # the model's own image pipeline (and image mode) then reads the file
     store = KBStore.load(args.kb)
     linker = Linker(_store_model(args, store), store, candidates=args.candidates)
     if single:
@@ -571,6 +567,18 @@ def cmd_link(args):
     print(f"{len(queries)} results written to {args.out}" + (f" ({missing} with a missing image)" if missing else ""))
 
 
+def _checked_image(path):
+    """The image at `path` opened, or None without a path: a missing or damaged file is an error, not a
+    text-only query."""
+    from .data import DataError
+    from .images import open_image
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image file not found")
+    return open_image(path)
+
+
 def _store_model(args, store):
     """The model the options ask for, else the one recorded in the store (in the store's image mode)."""
     from .loading import load_model as load
@@ -588,8 +596,8 @@ def _store_model(args, store):
                 seed=source.get("seed", 0), sizes=source.get("sizes"), image_mode=stored_mode)
 
 
-def _explained_entity(args, linker) -> int:
-    """--entity, --qid, or the best-ranked entity for the mention."""
+def _explained_entity(args, linker, mention_terms: dict) -> int:
+    """--entity, --qid, or the best-ranked entity for the mention (its encoded `mention_terms`)."""
     from .linker import check_entity_index
     from .data import DataError
     if args.entity is not None:
@@ -599,7 +607,7 @@ def _explained_entity(args, linker) -> int:
             if meta.get("qid") == args.qid or meta.get("id") == args.qid:
                 return i
         raise DataError(f"{args.kb}: no entity with QID {args.qid!r}")
-    return linker.link(args.sentence, args.mention, args.image, 1, args.exact)["results"][0]["index"]
+    return linker.link_terms(mention_terms, 1, args.exact)["results"][0]["index"]
 
 
 def _word_table(relevance: dict) -> str:
@@ -611,21 +619,22 @@ def _word_table(relevance: dict) -> str:
 
 
 def cmd_explain(args):
-    from .data import DataError
     from .fileio import atomic_file, make_dirs, write_json
     from .images import ImageError, open_image
-    from .linker import Linker
+    from .linker import Linker, Query, check_query
     from .heatmap import overlay, overlay_grid
     from .relevance import UnsupportedBackbone
     from .store import KBStore
+    image = _checked_image(args.image)  # a bad image is an error here, not zeros
     store = KBStore.load(args.kb)
     linker = Linker(_store_model(args, store), store)
-    index = _explained_entity(args, linker)
-    if args.image and not os.path.isfile(args.image):
-        raise DataError(f"{args.image}: image file not found")
-    image = open_image(args.image) if args.image else None  # a bad image is an error here, not zeros
-    try:  # the model's own image pipeline (and image mode) reads the file, as `link` does
-        out = linker.explain(args.sentence, args.mention, args.image, index)
+    sentence, mention = check_query(args.sentence, args.mention)
+    # the model's own image pipeline (and image mode) reads the file, as `link` does; encoded once, for
+    # choosing the entity and for explaining it
+    terms = linker.mention_terms([Query(sentence, mention, args.image)])
+    index = _explained_entity(args, linker, terms)
+    try:
+        out = linker.explain(sentence, mention, args.image, index, mention_terms=terms)
     except UnsupportedBackbone as e:
         raise SystemExit(f"error: {e}")
     meta = linker.store.entities[index]
