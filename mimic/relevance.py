@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .heatmap import patch_grid
+
 UNIT_TARGETS = ("s_t", "s_v", "s_c")
 GRID_TARGETS = ("s", "s_t", "s_v", "s_c")
 TOKEN_TARGETS = ("s", "s_t")
@@ -278,12 +280,6 @@ def relevance_pass(model, texts: list, images: list, tracer=None) -> tuple:
     return scores, relevance, batch
 
 
-def _grid(values: torch.Tensor) -> list:
-    """Relevance over [CLS, patches] -> the patch grid as rows of floats (CLS dropped)."""
-    side = round((len(values) - 1) ** 0.5)
-    return values[1:].reshape(side, side).tolist()
-
-
 def readable_tokens(tokenizer, ids: list) -> list:
     """CLIP token ids -> the text of each token (bytes decoded; part of a character split over tokens is �)."""
     return [tokenizer.convert_tokens_to_string([token]).removesuffix("</w>")
@@ -308,7 +304,8 @@ def explain_pair(model, mention_text: str, mention_image, entity_text: str, enti
     for row, side in enumerate(("mention_relevance", "entity_relevance")):
         # no image, or one the pipeline could not use, is the all-zero input: nothing to map
         has_image = bool(batch["pixel_values"][row].abs().sum() > 0)
-        out[side] = {k: _grid(relevance[k]["vision"][row]) for k in GRID_TARGETS} if has_image else None
+        out[side] = ({k: patch_grid(relevance[k]["vision"][row].tolist()).tolist() for k in GRID_TARGETS}
+                     if has_image else None)
     words = word_positions(batch["attention_mask"][0])
     ids = batch["input_ids"][0, words].tolist()
     out["token_relevance"] = {"tokens": readable_tokens(model.processor.tokenizer, ids),
