@@ -345,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(args, config=None):
-    """The model the options ask for: a checkpoint, or the pretrained CLIP with an initialisation."""
+def load_model(args, config=None, apply_config: bool = True):
+    """The model the options ask for: a checkpoint, or the pretrained CLIP with an initialisation; with a
+    run `config`: sized by it, then checked against it and given its text length (apply_run_config) unless
+    `apply_config` is False."""
     from .loading import load_model as load
     if not args.checkpoint and not args.init:
         raise SystemExit("error: give --checkpoint K, or --init zero-shot (CLIP similarities) or --init random")
@@ -356,7 +358,7 @@ def load_model(args, config=None):
     from .runconfig import apply_run_config, mimic_sizes
     model = load(args.checkpoint, encoder, args.init, args.device, seed=config.seed, sizes=mimic_sizes(config),
                  image_mode=args.image_mode)
-    return apply_run_config(model, config)
+    return apply_run_config(model, config) if apply_config else model
 
 
 def cmd_train(args):
@@ -375,7 +377,7 @@ def cmd_train(args):
     config.ablation.unit_losses = [u for u in config.ablation.unit_losses if u not in args.drop_loss and u in units]
     if not args.checkpoint and not args.init:
         args.init = "random"  # the paper: MIMIC layers start at random on the pretrained CLIP
-    model = load_model(args, config)
+    model = load_model(args, config, apply_config=False)  # train() applies the config
     model.config.units = tuple(units)
     model.matcher.units = tuple(units)
     config.pretrained_model = model.config.encoder  # the run's checkpoints record their backbone

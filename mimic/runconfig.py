@@ -59,9 +59,9 @@ def _positive_int(config, key: str):
     return value
 
 
-def apply_run_config(model, config, image_mode: str = None):
-    """Check the config's sizes against `model`, then give the model the config's text length (and the
-    image mode, when one is asked). Raises DataError naming the first key that cannot be honoured."""
+def apply_run_config(model, config):
+    """Check the config's sizes against `model`, then give the model the config's text length. Raises
+    DataError naming the first key that cannot be honoured."""
     for key, uses in model_widths(model).items():
         value = config.model[key]
         for width, what in uses if value is not None else ():
@@ -82,6 +82,4 @@ def apply_run_config(model, config, image_mode: str = None):
         model.set_text_max_length(length)
     for key in ("data.eval_chunk_size", "data.eval_batch_size", "data.batch_size", "data.embed_update_batch_size"):
         _positive_int(config, key)
-    if image_mode:
-        model.set_image_mode(image_mode)
     return model
