@@ -69,7 +69,47 @@ class Trace:
     states: list = field(default_factory=list)  # [N, T, D]: the output states MIMIC reads (one entry)
 
 
-class TransformersCLIPTracer:
+class _Tracer:
+    """What every tracer shares: the recording pass and the word mask. A tracer sets `token_embedding` and
+    `patch_size` and supplies `_install(traces, keeper, undo)`, which makes its attention layers and
+    readout modules hand their values to `keeper(store)` and registers with `undo` (an ExitStack) how to
+    put each change back."""
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Within: forward passes of this thread record {"vision": Trace, "text": Trace}, with attention
+        that yields its probabilities."""
+        traces = {tower: Trace() for tower in TOWERS}
+        owner = threading.get_ident()  # another thread linking meanwhile must not add to the traces
+
+        def keeper(store):
+            return lambda value: store.append(value) if threading.get_ident() == owner else None
+
+        with _PASS_LOCK, contextlib.ExitStack() as undo:
+            self._install(traces, keeper, undo)
+            yield traces
+
+    @staticmethod
+    def _keep_output(module, record, undo, pick=lambda output: output):
+        """Hand pick(module's output) to `record` on every forward, until `undo`."""
+        undo.callback(module.register_forward_hook(lambda module, args, output: record(pick(output))).remove)
+
+    @contextlib.contextmanager
+    def masked_tokens(self, keep: torch.Tensor):
+        """Within: the word embedding of every text position where keep [N, L] is 0 is zero (its position
+        embedding stays, so the other tokens keep their places). Positions past L (open_clip pads the text
+        to its context length) stay unmasked."""
+        def hook(module, args, output):
+            padded = F.pad(keep.to(output.dtype), (0, output.shape[1] - keep.shape[1]), value=1.0)
+            return output * padded.unsqueeze(-1)
+        handle = self.token_embedding.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+class TransformersCLIPTracer(_Tracer):
     """The per-backbone part, for the transformers CLIP encoder (mimic/encoder.py's CLIPEncoder)."""
 
     def __init__(self, encoder):
@@ -85,45 +125,14 @@ class TransformersCLIPTracer:
         self.token_embedding = text.embeddings.token_embedding
         self.patch_size = vision.config.patch_size
 
-    @contextlib.contextmanager
-    def recording(self):
-        """Within: forward passes of this thread record {"vision": Trace, "text": Trace}, with eager attention."""
-        traces = {tower: Trace() for tower in TOWERS}
-        owner = threading.get_ident()  # another thread linking meanwhile must not add to the traces
-
-        def keeper(store, pick):
-            def hook(module, args, output):
-                if threading.get_ident() == owner:
-                    store.append(pick(output))
-            return hook
-
-        with _PASS_LOCK:
-            handles = []
-            previous = self.clip.config._attn_implementation
-            try:
-                for tower in TOWERS:
-                    for layer in self.attention_layers[tower]:  # eager attention returns (output, probabilities)
-                        handles.append(layer.register_forward_hook(keeper(traces[tower].attentions, lambda o: o[1])))
-                    module, pick = self.readout[tower]
-                    handles.append(module.register_forward_hook(keeper(traces[tower].states, pick)))
-                self.clip.set_attn_implementation("eager")
-                yield traces
-            finally:
-                self.clip.set_attn_implementation(previous)
-                for handle in handles:
-                    handle.remove()
-
-    @contextlib.contextmanager
-    def masked_tokens(self, keep: torch.Tensor):
-        """Within: the word embedding of every text position where keep [N, L] is 0 is zero (its position
-        embedding stays, so the other tokens keep their places)."""
-        def hook(module, args, output):
-            return output * keep.to(output.dtype).unsqueeze(-1)
-        handle = self.token_embedding.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+    def _install(self, traces, keeper, undo):
+        for tower in TOWERS:
+            for layer in self.attention_layers[tower]:  # eager attention returns (output, probabilities)
+                self._keep_output(layer, keeper(traces[tower].attentions), undo, pick=lambda o: o[1])
+            module, pick = self.readout[tower]
+            self._keep_output(module, keeper(traces[tower].states), undo, pick=pick)
+        undo.callback(self.clip.set_attn_implementation, self.clip.config._attn_implementation)
+        self.clip.set_attn_implementation("eager")
 
 
 def _eager_self_attention(attention, record):
@@ -149,7 +158,7 @@ def _eager_self_attention(attention, record):
     return forward
 
 
-class OpenCLIPTracer:
+class OpenCLIPTracer(_Tracer):
     """The per-backbone part for open_clip models with open_clip's own towers (mimic/open_clip_encoder.py):
     their blocks call `nn.MultiheadAttention` without weights, so for the pass each one is given an
     explicit forward (`_eager_self_attention`)."""
@@ -168,43 +177,12 @@ class OpenCLIPTracer:
         size = visual.patch_size
         self.patch_size = size[0] if isinstance(size, (tuple, list)) else size
 
-    @contextlib.contextmanager
-    def recording(self):
-        """Within: forward passes of this thread record {"vision": Trace, "text": Trace}."""
-        traces = {tower: Trace() for tower in TOWERS}
-        owner = threading.get_ident()
-
-        def keeper(store):
-            return lambda value: store.append(value) if threading.get_ident() == owner else None
-
-        with _PASS_LOCK:
-            handles, patched = [], []
-            try:
-                for tower in TOWERS:
-                    for layer in self.attention_layers[tower]:
-                        layer.forward = _eager_self_attention(layer, keeper(traces[tower].attentions))
-                        patched.append(layer)
-                    states = keeper(traces[tower].states)
-                    handles.append(self.readout[tower].register_forward_hook(lambda m, args, out, s=states: s(out)))
-                yield traces
-            finally:
-                for layer in patched:
-                    del layer.forward  # back to the class's own (fast) forward
-                for handle in handles:
-                    handle.remove()
-
-    @contextlib.contextmanager
-    def masked_tokens(self, keep: torch.Tensor):
-        """As TransformersCLIPTracer.masked_tokens; open_clip pads the text to its context length, which
-        stays unmasked."""
-        def hook(module, args, output):
-            padded = F.pad(keep.to(output.dtype), (0, output.shape[1] - keep.shape[1]), value=1.0)
-            return output * padded.unsqueeze(-1)
-        handle = self.token_embedding.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+    def _install(self, traces, keeper, undo):
+        for tower in TOWERS:
+            for layer in self.attention_layers[tower]:
+                layer.forward = _eager_self_attention(layer, keeper(traces[tower].attentions))
+                undo.callback(delattr, layer, "forward")  # back to the class's own (fast) forward
+            self._keep_output(self.readout[tower], keeper(traces[tower].states), undo)
 
 
 def tracer_for(model):
