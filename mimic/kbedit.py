@@ -225,15 +225,16 @@ def edit_store(path: str, model=None, add=(), update=(), remove=(), image_folder
     return new
 
 
-def _rewrite(path: str, model, precision: str, op: str, wait: float, progress: bool, accept) -> dict:
+def _rewrite(path: str, model, precision, op: str, wait: float, progress: bool, accept) -> dict:
     """Rewrite the store as one segment of its live entities (kept order and ids), with a fresh
-    retrieval index; images no record names are removed."""
-    if precision not in PRECISIONS:
-        raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    retrieval index; images no record names are removed. precision=None keeps the store's."""
     KBStore.load(path)
     with versions.writing(path, wait):
         store = KBStore.load(path)
         accept(store)
+        precision = store.manifest["precision"] if precision is None else precision
+        if precision not in PRECISIONS:
+            raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
         store.check_model(model_fingerprints(model))
         manifest = store.manifest
         name = segment_name(manifest.get("kb_version", 1) + 1)
@@ -284,7 +285,7 @@ def compact_store(path: str, model, wait: float = DEFAULT_WAIT, progress: bool =
     def accept(store):
         if store.format_version < versions.VERSION:
             raise StoreError(f"{path}: format {store.format_version}; run 'kb upgrade' instead")
-    return _rewrite(path, model, KBStore.load(path).manifest["precision"], "compact", wait, progress, accept)
+    return _rewrite(path, model, None, "compact", wait, progress, accept)
 
 
 def upgrade_store(path: str, model, precision: str = DEFAULT_PRECISION, wait: float = DEFAULT_WAIT,
