@@ -236,9 +236,7 @@ class DemoApp:
 
     def _entity(self, key, overlay) -> dict:
         """The record of a KB index or a session entity id."""
-        if overlay is not None and overlay.position(key) is not None:
-            return overlay.record(key)
-        return self.kb.linker.store.entities[key]
+        return self.kb.linker.entity_record(key, overlay)[1]
 
     def _thumbnail(self, record: dict) -> str:
         return record.get("thumbnail", NO_IMAGE) if record.get("session") else self.kb.thumbnail(record)
@@ -368,14 +366,12 @@ class DemoApp:
         linker = self._linker()
         image = uploaded_image(image_path)
         overlay = self.sessions.overlay(_session(request))
-        key = entity.strip()
-        if overlay is None or overlay.position(key) is None:
-            key = key if not key.lstrip("-").isdigit() else int(key)
+        key = entity.strip()  # a session entity's id, else a KB index (checked as Linker.explain checks it)
         with visitor_errors("Something went wrong while explaining; the details are in the server log.",
                             (QueryError, UnsupportedBackbone), logged="/explain failed"):
             out = linker.explain(sentence, mention, image, key, extra=overlay)
-            meta = self._entity(key, overlay)
-        record = {"index": None if meta.get("session") else key, "id": meta.get("id"), "qid": meta.get("qid"),
+            index, meta = linker.entity_record(key, overlay)
+        record = {"index": index, "id": meta.get("id"), "qid": meta.get("qid"),
                   "name": meta.get("name"), "session": bool(meta.get("session"))}
         return {"sentence": sentence, "mention": mention, "entity": record, "model": self.loaded.description,
                 "zero_shot": self.loaded.zero_shot,

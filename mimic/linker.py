@@ -158,6 +158,16 @@ class Linker:
             for i in range(len(batch)):
                 yield self.link_terms(select(terms, slice(i, i + 1)), top_k, exact)
 
+    def entity_record(self, key, extra=None, store: KBStore = None) -> tuple:
+        """An entity by its KB index (an int, or a string of one) or by the id of an entity of the overlay
+        `extra` -> (its KB index, or None for the overlay's, its record); QueryError when it is neither.
+        `store`: the version to read (by default the current one)."""
+        if extra is not None and extra.position(key) is not None:
+            return None, extra.record(key)
+        store = self.store if store is None else store
+        index = check_entity_index(key, len(store))
+        return index, store.entities[index]
+
     def explain(self, sentence, mention, image, entity_index, mention_terms: dict = None, extra=None,
                 relevance: bool = True) -> dict:
         """The evidence behind one (mention, entity) pair. `entity_index` is a KB index, or the id of an
@@ -177,12 +187,11 @@ class Linker:
         unless that image differs from the one encoded."""
         store, searcher = self._kb
         sentence, mention = check_query(sentence, mention)
-        if extra is not None and extra.position(entity_index) is not None:
-            e, meta = extra.entity_terms(entity_index), extra.record(entity_index)
-            entity_image = meta.get("picture")
+        index, meta = self.entity_record(entity_index, extra, store)
+        if index is None:
+            e, entity_image = extra.entity_terms(entity_index), meta.get("picture")
         else:
-            index = check_entity_index(entity_index, len(store))
-            e, meta = searcher.entity_terms(torch.tensor([index])), store.entities[index]
+            e = searcher.entity_terms(torch.tensor([index]))
             entity_image = os.path.join(store.path, meta["image"]) if meta.get("image") else None
         text = entity_text(meta.get("name", ""), meta.get("description", ""))
         with torch.no_grad():
