@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from .data import DataError, Dataset, check_num_entity, read_mentions, split_files
+from .data import SPLIT_KEYS, DataError, Dataset, check_num_entity, read_mentions, split_files
 from .images import inspect_image
 
 IMAGE_COUNTS = ("missing", "unreadable", "non_rgb", "rotated", "over_cap", "modes_differ")
@@ -121,7 +121,7 @@ def check_dataset(config, splits=("train", "dev", "test"), decode: bool = False,
     kb = Report("KB", dataset.kb_images, "kb_img_folder", items=len(dataset.entities))
     reports, todo = [kb], [(kb, kb_image_paths(dataset))]
     for name in splits:
-        paths = split_files(config.data[{"train": "train_file", "dev": "dev_file", "test": "test_file"}[name]])
+        paths = split_files(config.data[SPLIT_KEYS[name]])
         if not paths:
             continue
         report = Report(name, dataset.mention_images, "mention_img_folder")

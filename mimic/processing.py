@@ -38,9 +38,9 @@ class Processor:
         self.max_length = max_length
 
     @classmethod
-    def for_encoder(cls, name_or_path: str, max_length: int = 40, image_mode: str = "default") -> "Processor":
-        return cls(load_tokenizer(name_or_path), ImagePipeline(load_image_processor(name_or_path), image_mode),
-                   max_length)
+    def for_encoder(cls, name_or_path: str, max_length: int = 40) -> "Processor":
+        """In the default image mode (a model switches with `MIMIC.set_image_mode`)."""
+        return cls(load_tokenizer(name_or_path), ImagePipeline(load_image_processor(name_or_path)), max_length)
 
     def tokenize(self, texts: list) -> dict:
         encoded = self.tokenizer([_clip_long_text(t) for t in texts], padding="max_length",
