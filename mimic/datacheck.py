@@ -85,6 +85,12 @@ def where_missing_images_are(folder: str, missing: list, key: str) -> str:
     return absent.rstrip("; ") or None
 
 
+def missing_images_sentence(name: str, percent: float, missing: int, of: int, example: str, hint) -> str:
+    """'N % of <the KB's or split `name`'s images> missing (m of n, e.g. <example>)', then ': <hint>' if any."""
+    what = "KB images" if name == "KB" else f"{name} mention images"
+    return f"{percent:.0f} % of {what} missing ({missing} of {of}, e.g. {example})" + (f": {hint}" if hint else "")
+
+
 def _count_images(report: Report, paths: list, seen: dict, decode: bool, bar):
     missing = []
     for path in paths:
@@ -145,13 +151,11 @@ def check_dataset(config, splits=("train", "dev", "test"), decode: bool = False,
             _count_images(report, paths, seen, decode, bar)
     refuse = bool(problems)
     for report in reports:
-        what = "KB images" if report.name == "KB" else f"{report.name} mention images"
         if report.missing_share > REFUSE_MISSING_SHARE:
             refuse = True
         if report.missing:
-            problems.append(f"{100 * report.missing_share:.0f} % of {what} missing ({report.missing} of "
-                            f"{report.images}, e.g. {report.examples['missing']})" +
-                            (f": {report.hint}" if report.hint else ""))
+            problems.append(missing_images_sentence(report.name, 100 * report.missing_share, report.missing,
+                                                    report.images, report.examples["missing"], report.hint))
         for key, text in (("not_in_qid2id", "answers not in qid2id"), ("not_in_kb", "answers whose entity id "
                                                                                    "is not in the KB")):
             if getattr(report, key):
@@ -201,16 +205,16 @@ def refuse_missing_images(dataset: Dataset, splits: list, allow: bool = False):
     """Raise DataError when more than half of the KB's or a split's images are missing (unless `allow`)."""
     import logging
     log = logging.getLogger(__name__)
-    sides = [("KB images", dataset.kb_images, "kb_img_folder", kb_image_paths(dataset))]
-    sides += [(f"{s} mention images", dataset.mention_images, "mention_img_folder",
-               mention_image_paths(dataset, dataset.split(s))) for s in splits]
-    for what, folder, key, paths in sides:
+    sides = [("KB", dataset.kb_images, "kb_img_folder", kb_image_paths(dataset))]
+    sides += [(s, dataset.mention_images, "mention_img_folder", mention_image_paths(dataset, dataset.split(s)))
+              for s in splits]
+    for name, folder, key, paths in sides:
         missing = [p for p in paths if not os.path.isfile(p)]
         if not missing:
             continue
-        hint = where_missing_images_are(folder, missing, key)
-        message = (f"{100 * len(missing) / len(paths):.0f} % of {what} missing ({len(missing)} of {len(paths)}, "
-                   f"e.g. {os.path.basename(missing[0])} in {folder})" + (f": {hint}" if hint else ""))
+        message = missing_images_sentence(name, 100 * len(missing) / len(paths), len(missing), len(paths),
+                                          f"{os.path.basename(missing[0])} in {folder}",
+                                          where_missing_images_are(folder, missing, key))
         if len(missing) > REFUSE_MISSING_SHARE * len(paths) and not allow:
             raise DataError(f"{message}. They would all become the zero image. Fix the config's folder, or "
                             f"pass --allow-missing-images to go on anyway; 'python -m mimic data check' "
