@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.linking import make_model, threads  # noqa: E402
-from mimic.data import read_kb, read_qid2id  # noqa: E402
+from mimic.data import entity_image_path, read_kb, read_qid2id  # noqa: E402
 from mimic.fileio import write_json  # noqa: E402
 from mimic.linker import Query  # noqa: E402
 
@@ -64,8 +64,8 @@ def main():
     from mimic.encoding import encode_batch
     from mimic.matcher import unflatten_terms
     from mimic.processing import mention_text
-    mentions = [Query(f"A photo of {e.name} from the archive.", e.name, os.path.join(DEMO, "kb_image", e.images[0])
-                      if e.images else None) for e in entities[:20]]
+    mentions = [Query(f"A photo of {e.name} from the archive.", e.name,
+                      entity_image_path(e, os.path.join(DEMO, "kb_image"))) for e in entities[:20]]
     mention_terms = encode_batch(model, [mention_text(q.mention, q.sentence) for q in mentions],
                                  [q.image for q in mentions], "mention")
     result = {"entities": args.entities, "threads": torch.get_num_threads(), "batch_size": 64}

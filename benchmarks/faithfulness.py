@@ -80,9 +80,8 @@ def queries(dataset: Dataset, count: int) -> list:
     out = []
     for m in dataset.split("test"):
         entity = dataset.entities[dataset.gold(m)]
-        image = os.path.join(dataset.kb_images, entity.images[0]) if entity.images else None
         out.append((m.id, mention_text(m.mention, m.sentence), dataset.mention_image(m), entity_text(entity.name, entity.attr),
-                    image))
+                    dataset.entity_image(entity)))
     return out[:count]
 
 
