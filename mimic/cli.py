@@ -641,7 +641,7 @@ def cmd_explain(args):
         raise SystemExit(f"error: {e}")
     meta = linker.store.entities[index]
     try:
-        entity_image = open_image(os.path.join(store.path, meta["image"])) if meta.get("image") else None
+        entity_image = open_image(meta["image"]) if meta.get("image") else None
     except ImageError:
         entity_image = None  # then its relevance grid is null too
     pictures = {}

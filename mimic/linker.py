@@ -1,6 +1,5 @@
 """Linking new mentions against a pre-encoded KB: the one API the CLI and the demo share."""
 import numbers
-import os
 import unicodedata
 from dataclasses import dataclass
 
@@ -192,7 +191,7 @@ class Linker:
             e, entity_image = extra.entity_terms(entity_index), meta.get("picture")
         else:
             e = searcher.entity_terms(torch.tensor([index]))
-            entity_image = os.path.join(store.path, meta["image"]) if meta.get("image") else None
+            entity_image = meta.get("image") or None  # KBStore.record makes a stored relative path absolute
         text = entity_text(meta.get("name", ""), meta.get("description", ""))
         with torch.no_grad():
             m = mention_terms if mention_terms is not None else self.mention_terms([Query(sentence, mention, image)])
