@@ -65,6 +65,7 @@ class ExhaustiveReference:
                  "cmfu": {"f": entities["cmfu"]["f"]}}
         ln = self.matcher.tglu.layer_norm
         cls = entities["tglu"]["cls"]
+        scaled, shift = cls * ln.weight, cls @ ln.bias  # the same for every query
         for first in range(0, self.queries, 16):
             group = select(self.mentions, slice(first, first + 16))
             g2g = group["tglu"]["t_g"] @ small["tglu"]["t_g"].T
@@ -73,8 +74,8 @@ class ExhaustiveReference:
                      + self.w["cmfu"] * self.matcher.cmfu.score(group["cmfu"], small["cmfu"]))
             for j in range(cheap.shape[0]):
                 q = first + j
-                spread = ((cls * ln.weight) @ self.bases[q]).norm(dim=1)
-                bound = cheap[j] + self.w["tglu"] / 2 * (cls @ ln.bias + math.sqrt(cls.shape[1]) * spread)
+                spread = (scaled @ self.bases[q]).norm(dim=1)
+                bound = cheap[j] + self.w["tglu"] / 2 * (shift + math.sqrt(cls.shape[1]) * spread)
                 self._score(q, start, entities, bound)
 
     def _score(self, q: int, start: int, entities: dict, bound: torch.Tensor):
