@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_KB = os.path.join(ROOT, "assets", "demo_kb")
 NO_IMAGE = '<span style="color:#888;font-size:12px">no image</span>'
 THUMBNAIL_SIDE = 72
+PICTURE_SIDE = 384  # a picture kept for the heatmaps (a session entity's, the last explained pair's)
 
 
 def cache_root() -> str:
@@ -115,11 +116,16 @@ class DemoKB:
         return thumbnail_tag(image, size)
 
 
+def compact_picture(image: Image.Image, side: int = PICTURE_SIDE, quality: int = 90) -> bytes:
+    """A copy of the picture at most `side` px on its longer side, as JPEG bytes (a few tens of kB)."""
+    small = image.convert("RGB")
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def thumbnail_tag(image: Image.Image, size: int = THUMBNAIL_SIDE) -> str:
     """An <img> tag holding a small JPEG of `image` (a data URL: nothing is served from disk)."""
-    image = image.copy()
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=85)
-    data = base64.b64encode(buffer.getvalue()).decode()
+    data = base64.b64encode(compact_picture(image, size, quality=85)).decode()
     return f'<img src="data:image/jpeg;base64,{data}" style="max-height:{size}px;max-width:{size}px">'

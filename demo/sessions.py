@@ -6,7 +6,7 @@ the session ends (the tab closes: Gradio's unload event), after `IDLE_SECONDS` w
 the server stops. Bounded: `PER_SESSION` entities a session, `MAX_SESSIONS` sessions holding entities
 at once (past it a new session's add is refused; no session loses its entities for another's).
 
-Each entity keeps its decoded picture shrunk to `PICTURE_SIDE` px and re-encoded as JPEG (for the
+Each entity keeps its decoded picture shrunk to `demo.kb.PICTURE_SIDE` px and re-encoded as JPEG (for the
 thumbnail and the heatmap): never the uploaded bytes, nor the upload's path.
 """
 import io
@@ -17,21 +17,11 @@ from PIL import Image
 
 from mimic.overlay import Overlay, OverlayFull
 
-from .kb import thumbnail_tag
+from .kb import compact_picture, thumbnail_tag
 
 PER_SESSION = 20
 MAX_SESSIONS = 200
 IDLE_SECONDS = 3600
-PICTURE_SIDE = 384
-
-
-def compact_picture(image: Image.Image, side: int = PICTURE_SIDE) -> bytes:
-    """A copy of the picture at most `side` px on its longer side, as JPEG bytes (a few tens of kB)."""
-    small = image.convert("RGB")
-    small.thumbnail((side, side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def open_picture(data: bytes) -> Image.Image:

@@ -16,10 +16,10 @@ from mimic.processing import mention_text
 from mimic.relevance import UnsupportedBackbone, tracer_for
 
 from . import heatmap, plots
-from .kb import DEMO_KB, NO_IMAGE, DemoKB
+from .kb import DEMO_KB, NO_IMAGE, DemoKB, compact_picture
 from .models import load_demo_model
 from .safe_text import markdown_literal
-from .sessions import PER_SESSION, SessionEntities, compact_picture, open_picture
+from .sessions import PER_SESSION, SessionEntities, open_picture
 
 log = logging.getLogger(__name__)
 
