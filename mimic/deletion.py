@@ -12,6 +12,7 @@ metric, "RISE", BMVC 2018).
 
 The x axis is the share of parts removed (0 to 1), so the area under a curve is the mean score over it.
 """
+import contextlib
 import random
 
 import torch
@@ -54,7 +55,6 @@ class PairScorer:
         device = next(model.parameters()).device
         self.batch = {k: v.to(device) for k, v in model.processor([mention_text, entity_text],
                                                                   [mention_image, entity_image]).items()}
-        self.sides = {}
         with torch.no_grad():
             features = model.encode(self.batch)
         self.sides = {"mention": model.matcher.mention_side(features[0:1]),
@@ -70,10 +70,9 @@ class PairScorer:
         model, out = self.model, []
         for start in range(0, len(batch["input_ids"]), VARIANT_BATCH):
             part = {k: v[start:start + VARIANT_BATCH] for k, v in batch.items()}
-            if keep_tokens is not None:
-                with self.tracer.masked_tokens(keep_tokens[start:start + VARIANT_BATCH]):
-                    features = model.encode(part)
-            else:
+            masked = (contextlib.nullcontext() if keep_tokens is None
+                      else self.tracer.masked_tokens(keep_tokens[start:start + VARIANT_BATCH]))
+            with masked:
                 features = model.encode(part)
             if side == "mention":
                 s = model.matcher.score(model.matcher.mention_side(features), self.sides["entity"])
@@ -96,9 +95,8 @@ class PairScorer:
         words = word_positions(self.batch["attention_mask"][0])
         batch = self.side_batch("mention", len(order) + 1)
         keep = torch.ones_like(batch["input_ids"])
-        for k in range(1, len(order) + 1):
-            for w in order[:k]:
-                keep[k, words.start + w] = 0
+        for k, w in enumerate(order, 1):  # row k masks order[:k]
+            keep[k:, words.start + w] = 0
         return self.scores("mention", batch, keep)
 
 
