@@ -98,3 +98,37 @@ def test_under_zero_shot_the_panel_shows_relevance_and_says_why_attention_is_not
     assert redrawn[0]["label"] == "Mention image: relevance for S_C"
     assert app.patch_relevance(explanation, "bogus")[0]["label"] == "Mention image: relevance for S"
     assert app.word_relevance(None, "s") == {"__type__": "update", "visible": False}
+
+
+def test_on_a_backbone_without_relevance_maps_the_panel_explains_once_and_says_so(tiny_clip, tmp_path,
+                                                                                  monkeypatch):
+    import gradio as gr
+    from demo.kb import DemoKB
+    from demo.models import LoadedModel
+    from demo.ui import DemoApp
+    from mimic.linker import Linker
+    from mimic.model import MIMIC, MIMICConfig
+    from mimic.relevance import UnsupportedBackbone
+
+    def refuse(model):
+        raise UnsupportedBackbone("this model's image tower is a timm model (test)")
+    monkeypatch.setattr("demo.ui.tracer_for", refuse)  # what the app decides at start
+    monkeypatch.setattr("mimic.relevance.tracer_for", refuse)  # what /explain runs into
+    monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))
+    loaded = LoadedModel(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=1).eval(), "stand-in")
+    kb = DemoKB(loaded)
+    kb._prepare()  # in this thread: encode the demo KB
+    app = DemoApp(loaded, kb)
+    explained, original = [], Linker.explain
+    monkeypatch.setattr(Linker, "explain", lambda self, *args, **kwargs: explained.append(kwargs.get("relevance"))
+                        or original(self, *args, **kwargs))
+    state = app.ui_link(SENTENCE, MENTION, EXAMPLE_IMAGE, 3)[3]
+    mention_map, entity_map, words, alpha_m, alpha_e, tokens, note, _ = app.ui_explain(state, state["rows"][0]["index"])
+    assert explained == [False]  # once, without relevance
+    assert not mention_map["visible"] and not entity_map["visible"] and not words["visible"]
+    assert alpha_m["visible"] and tokens["visible"]  # the attention is still drawn
+    assert note["value"].startswith("Relevance maps are not available here: this model's image tower is a timm "
+                                    "model (test).")
+    with pytest.raises(gr.Error) as refused:
+        app.api_explain(SENTENCE, MENTION, None, "0")
+    assert refused.value.message == "this model's image tower is a timm model (test)"
