@@ -299,8 +299,9 @@ def test_s_falls_faster_when_deleting_by_relevance_than_at_random(tiny_clip, syn
 
 # -- the explain command ---------------------------------------------------------------------------------
 
-def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_path, tmp_path, capsys):
+def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_path, tmp_path, capsys, monkeypatch):
     from mimic.cli import main
+    from mimic.linker import Linker
     kb, out = str(tmp_path / "kb"), str(tmp_path / "why")
     assert main(["encode-kb", "--config", synth_config_path, "--init", "zero-shot", "--out", kb, "--no-progress",
                  "--device", "cpu"]) == 0
@@ -321,7 +322,11 @@ def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_p
     with pytest.raises(SystemExit, match="already holds .*mention-s.png.*--overwrite"):
         main([*query, "--image", EXAMPLE_IMAGE, "--qid", "Q1000", "--out", out])
     assert os.path.getmtime(os.path.join(out, "mention-s.png")) == before
+    encoded, mention_terms = [], Linker.mention_terms
+    monkeypatch.setattr(Linker, "mention_terms", lambda self, queries: encoded.append(len(queries))
+                        or mention_terms(self, queries))
     assert main([*query, "--out", str(tmp_path / "top")]) == 0  # no image, best-ranked entity
+    assert encoded == [1]  # the mention is encoded once, to choose the entity and to explain it
     assert "the mention has no image" in capsys.readouterr().out
     assert not any(n.startswith("mention-") for n in os.listdir(tmp_path / "top"))
     bad = tmp_path / "bad.jpg"
