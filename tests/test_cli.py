@@ -37,3 +37,11 @@ def test_bad_checkpoint_is_one_clear_line(tmp_path, synth_config_path):
     out = run("evaluate", "--config", synth_config_path, "--checkpoint", str(bad))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: {bad}: not a readable PyTorch checkpoint")
+
+
+def test_train_applies_the_run_config_once(synth_config_path, tmp_path):
+    """Its checks and warnings once: train() applies it, the command's model loading does not again."""
+    out = run("train", "--config", synth_config_path, "--set", "model.hidden_dim=7", "--set",
+              f"data.train_file={tmp_path / 'none.json'}", "--output-dir", str(tmp_path / "runs"), "--device", "cpu")
+    assert out.returncode == 2 and out.stderr.count("model.hidden_dim: 7 is not used") == 1
+    assert out.stderr.strip().endswith("none.json: mention split file not found")  # after the config was applied
