@@ -167,7 +167,7 @@ def _next_manifest(manifest: dict, summary: dict, digest_of: dict, **changes) ->
                 history=(manifest.get("history", []) + [summary])[-HISTORY:])
 
 
-def _writable(path: str, wait: float) -> KBStore:
+def _writable(path: str) -> KBStore:
     store = KBStore.load(path)  # a missing or damaged store is reported before anything is locked
     if store.format_version < versions.VERSION:
         raise StoreError(f"{path}: this store is in format {store.format_version}; convert it once with "
@@ -184,9 +184,9 @@ def edit_store(path: str, model=None, add=(), update=(), remove=(), image_folder
         raise StoreError("nothing to change")
     if (add or update) and model is None:
         raise StoreError("adding or updating entities needs the store's model")
-    _writable(path, wait)
+    _writable(path)
     with versions.writing(path, wait):
-        store = _writable(path, wait)  # the latest version: no other writer can publish now
+        store = _writable(path)  # the latest version: no other writer can publish now
         manifest = store.manifest
         if add or update:
             store.check_model(model_fingerprints(model))

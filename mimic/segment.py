@@ -8,7 +8,7 @@ A segment is a folder that never changes after its store version is published:
     ids.hash.npy, ids.row.npy
                            sorted 64-bit hashes of the ids and their rows: an id is found without
                            reading the records (what `kb update/remove` need on a large store)
-    index.faiss            the retrieval index of these rows (mimic/retrieval.py), when there is one
+    index.<i>.faiss        the retrieval index of these rows, in parts (mimic/retrieval.py), when there is one
 
 Everything is opened memory-mapped: opening costs the page table, not the data; a query reads the
 pages of the rows it touches. Records are parsed when asked for, one line at a time.
@@ -29,7 +29,6 @@ from .fileio import atomic_file, explain, make_dirs, reserve, write_json
 SEGMENT_FILE = "segment.json"
 RECORDS, OFFSETS = "entities.jsonl", "entities.offsets.npy"
 ID_HASH, ID_ROW = "ids.hash.npy", "ids.row.npy"
-INDEX_FILE = "index.faiss"
 RECORD_FIELDS = ("id", "qid", "name", "description", "image")
 
 
@@ -116,9 +115,6 @@ class Records:
             raise StoreError(f"{self.path}: line {row + 1} is not an entity record (a JSON object)")
         return record
 
-    def raw(self, row: int) -> bytes:
-        return bytes(self._map[int(self.offsets[row]):int(self.offsets[row + 1])])
-
 
 def line_offsets(path: str) -> np.ndarray:
     """Offsets of the lines of a JSONL file (format-1 stores have no offsets file)."""
@@ -155,10 +151,6 @@ class Segment:
         self.legacy = legacy
         self._ids = None
 
-    @property
-    def index_path(self) -> str:
-        return os.path.join(self.folder, (self.index_spec or {}).get("file", INDEX_FILE))
-
     def read(self, names, rows) -> dict:
         """Decoded float32 values of the terms `names` at `rows` (a slice or an int array)."""
         out = {}
@@ -186,6 +178,12 @@ class Segment:
         h = np.uint64(id_hash(ident))
         lo, hi = np.searchsorted(hashes, h, "left"), np.searchsorted(hashes, h, "right")
         return [int(r) for r in rows[lo:hi]]
+
+
+def read_spec(folder: str) -> dict:
+    """A segment folder's segment.json: {"count", "terms"}."""
+    with open(os.path.join(folder, SEGMENT_FILE), encoding="utf-8") as f:
+        return json.load(f)
 
 
 class SegmentWriter:
@@ -221,9 +219,8 @@ class SegmentWriter:
 
     @classmethod
     def reopen(cls, folder: str) -> "SegmentWriter":
-        with open(os.path.join(folder, SEGMENT_FILE), encoding="utf-8") as f:
-            meta = json.load(f)
-        return cls(folder, meta["count"], meta["terms"], create=False)
+        spec = read_spec(folder)
+        return cls(folder, spec["count"], spec["terms"], create=False)
 
     def put(self, start: int, values: dict):
         """Float values of rows [start, start + n) -> coded into the term files."""

@@ -41,7 +41,7 @@ from .fileio import atomic_file, make_dirs, write_json
 from .images import log_unusable
 from .matcher import flatten_terms
 from .processing import entity_text
-from .segment import Segment, SegmentWriter, load_npy, record_id, write_records
+from .segment import SEGMENT_FILE, Segment, SegmentWriter, load_npy, read_spec, record_id, write_records
 from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ class KBStore:
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str, mmap: bool = True) -> "KBStore":
-        """Open the store's current version (always memory-mapped; `mmap` is accepted for old callers).
-        A writer may switch versions meanwhile: then the new version is opened."""
+    def load(cls, path: str) -> "KBStore":
+        """Open the store's current version, memory-mapped. A writer may switch versions meanwhile: then
+        the new version is opened."""
         path = os.fspath(path)
         for _ in range(LOAD_ATTEMPTS):
             stamp = _stamp(path)
@@ -435,7 +435,7 @@ def encode_chunks(model, entities: list, image_folder: str, work: str, fingerpri
         if plan["layout"] == "segment":
             if writer is None:
                 folder = os.path.join(work, "segment")
-                writer = (SegmentWriter.reopen(folder) if os.path.exists(os.path.join(folder, "segment.json"))
+                writer = (SegmentWriter.reopen(folder) if os.path.exists(os.path.join(folder, SEGMENT_FILE))
                           else SegmentWriter(folder, len(entities), term_spec(values, precision), create=True))
             writer.put(start, values)
             writer.flush()  # the rows are on disk before the chunk is marked done
@@ -491,8 +491,7 @@ def finish(works: list, out: str, entities: list, image_folder: str, kb_fingerpr
         name = segment_name(1)
         if direct:
             folder = os.path.join(works[0], "segment")
-            with open(os.path.join(folder, "segment.json"), encoding="utf-8") as f:
-                spec = json.load(f)["terms"]
+            spec = read_spec(folder)["terms"]
         else:
             folder = os.path.join(out, versions.SEGMENTS, f".tmp-{name}")
             spec = _merge_chunks(works, sources, ranges, folder, count, progress)
