@@ -34,7 +34,7 @@ from .fileio import atomic_file, make_dirs
 from .fingerprint import model_fingerprints
 from .matcher import flatten_terms
 from .processing import entity_text
-from .segment import SegmentWriter, write_records
+from .segment import Segment, SegmentWriter, write_records
 from .store import KBStore, StoreError, index_segment, measure_space, now, segment_name
 from .versions import DEFAULT_WAIT
 
@@ -206,7 +206,7 @@ def edit_store(path: str, model=None, add=(), update=(), remove=(), image_folder
             writer.close()
             write_records(folder, len(changed), (e.record() for e in changed))
             space = retrieval.Space.from_manifest(model.matcher, manifest["retrieval"])
-            index = index_segment(folder, len(changed), spec, space, manifest["retrieval"]["flat_limit"])
+            index = index_segment(Segment(folder, len(changed), spec), space, manifest["retrieval"]["flat_limit"])
             os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
             segments.append({"name": name, "count": len(changed), "index": index})
         gone = store.physical([positions[c["id"]] for c in update] + [positions[i] for i in remove])
@@ -262,9 +262,10 @@ def _rewrite(path: str, model, precision, op: str, wait: float, progress: bool, 
                     images.add(os.path.basename(image))
                 yield {**record, "image": image}
         write_records(folder, len(store), records())
-        space = measure_space(model.matcher, folder, len(store), spec)
+        segment = Segment(folder, len(store), spec)
+        space = measure_space(model.matcher, segment)
         flat_limit = manifest.get("retrieval", {}).get("flat_limit", retrieval.FLAT_LIMIT)
-        index = index_segment(folder, len(store), spec, space, flat_limit, progress)
+        index = index_segment(segment, space, flat_limit, progress)
         os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
         new = {key: value for key, value in manifest.items() if key not in ("terms", "segments", "removed")}
         new.update(version=versions.VERSION, precision=precision, terms=spec, derived=list(DERIVED),

@@ -291,22 +291,19 @@ def segment_name(kb_version: int) -> str:
     return f"s{kb_version:06d}-{secrets.token_hex(4)}"
 
 
-def index_segment(folder: str, count: int, spec: dict, space: retrieval.Space, flat_limit: int,
-                  progress: bool = False) -> dict:
+def index_segment(segment: Segment, space: retrieval.Space, flat_limit: int, progress: bool = False) -> dict:
     """Build and save the retrieval index of a written segment; returns its spec for the manifest."""
-    segment = Segment(folder, count, spec)
-    plan = retrieval.plan(count, flat_limit)
-    bar = tqdm(total=count, unit="entity", desc=f"index ({plan['kind']})", disable=not progress, leave=False)
-    retrieval.build(plan, lambda rows: space.entity_vectors(segment.read(retrieval.VECTOR_TERMS, rows)), folder,
-                    progress=bar.update)
+    plan = retrieval.plan(segment.count, flat_limit)
+    bar = tqdm(total=segment.count, unit="entity", desc=f"index ({plan['kind']})", disable=not progress, leave=False)
+    retrieval.build(plan, lambda rows: space.entity_vectors(segment.read(retrieval.VECTOR_TERMS, rows)),
+                    segment.folder, progress=bar.update)
     bar.close()
     return plan
 
 
-def measure_space(matcher, folder: str, count: int, spec: dict) -> retrieval.Space:
-    segment = Segment(folder, count, spec)
+def measure_space(matcher, segment: Segment) -> retrieval.Space:
     return retrieval.Space.measure(matcher, (segment.read(("vdlu.e2m.q", "vdlu.m2e.k"), slice(s, s + SCAN_CHUNK))
-                                             for s in range(0, count, SCAN_CHUNK)))
+                                             for s in range(0, segment.count, SCAN_CHUNK)))
 
 
 def link_tree(source: str, target: str):
@@ -496,8 +493,9 @@ def finish(works: list, out: str, entities: list, image_folder: str, kb_fingerpr
             folder = os.path.join(out, versions.SEGMENTS, f".tmp-{name}")
             spec = _merge_chunks(works, sources, ranges, folder, count, progress)
         write_records(folder, count, (entity_record(e, image_folder) for e in entities))
-        space = measure_space(model.matcher, folder, count, spec)
-        index = index_segment(folder, count, spec, space, flat_limit, progress)
+        segment = Segment(folder, count, spec)
+        space = measure_space(model.matcher, segment)
+        index = index_segment(segment, space, flat_limit, progress)
         target = os.path.join(out, versions.SEGMENTS, name)
         if direct:
             link_tree(folder, target)
