@@ -161,3 +161,12 @@ def as_stored(name: str, values: np.ndarray, precision: str) -> np.ndarray:
     codec = codec_of(name, precision)
     values = np.asarray(values, dtype=np.float32)
     return decode(codec, encode(codec, values, name), values.shape[-1])
+
+
+def complete(matcher, flat: dict) -> dict:
+    """Flat float32 tensors of entity terms, with what the store leaves out (`DERIVED`) recomputed by the
+    matcher: vdlu.e2m.q_norm = layer_norm(vdlu.e2m.q). Adds to `flat` and returns it."""
+    if "vdlu.e2m.q" in flat and "vdlu.e2m.q_norm" not in flat:
+        with torch.no_grad():
+            flat["vdlu.e2m.q_norm"] = matcher.vdlu.dual_ent2men.layer_norm(flat["vdlu.e2m.q"])
+    return flat

@@ -12,7 +12,7 @@ the form "session:N", which no KB row has.
 """
 import torch
 
-from .compression import DEFAULT_PRECISION, DERIVED, as_stored, to_tensor
+from .compression import DEFAULT_PRECISION, DERIVED, as_stored, complete, to_tensor
 from .encoding import encode_batch
 from .linker import SCORE_FIELDS, QueryError, _clean
 from .matcher import cat_terms, flatten_terms, map_terms, select, unflatten_terms
@@ -47,7 +47,7 @@ def _as_stored(model, terms: dict, precision: str) -> dict:
     back in float32, with what the store leaves out recomputed from the rounded values as search does."""
     flat = {name: to_tensor(as_stored(name, t.numpy(), precision))
             for name, t in flatten_terms(terms).items() if name not in DERIVED}
-    flat["vdlu.e2m.q_norm"] = model.matcher.vdlu.dual_ent2men.layer_norm(flat["vdlu.e2m.q"])
+    complete(model.matcher, flat)
     return unflatten_terms(flat)
 
 

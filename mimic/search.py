@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .compression import to_tensor
+from .compression import complete, to_tensor
 from .matcher import Matcher, Scores, flatten_terms, unflatten_terms
 from .retrieval import FLAT_LIMIT, VECTOR_TERMS, Retriever, Space, build, plan, unit_weights
 
@@ -91,14 +91,13 @@ class Searcher:
         self.last_exact_evaluated = 0
 
     # -- terms --------------------------------------------------------------------------------------
+    def _tensors(self, values: dict) -> dict:
+        """Float32 tensors of flat term values, with what the store leaves out recomputed (`complete`)."""
+        return complete(self.matcher, {n: to_tensor(v) for n, v in values.items()})
+
     def _flat_terms(self, index, names) -> dict:
-        """Float32 tensors of the flat terms `names` at `index`, with what the store leaves out
-        recomputed (vdlu.e2m.q_norm = layer_norm(vdlu.e2m.q))."""
-        flat = {n: to_tensor(v) for n, v in self.source.read_terms(index, names).items()}
-        if "vdlu.e2m.q" in flat and "vdlu.e2m.q_norm" not in flat:
-            with torch.no_grad():
-                flat["vdlu.e2m.q_norm"] = self.matcher.vdlu.dual_ent2men.layer_norm(flat["vdlu.e2m.q"])
-        return flat
+        """The flat terms `names` at `index`, as `_tensors`."""
+        return self._tensors(self.source.read_terms(index, names))
 
     def entity_terms(self, index, names=None) -> dict:
         """The terms of the entities at `index` in float32 (the store keeps them coded); `names` limits
@@ -166,9 +165,7 @@ class Searcher:
         if among is None:
             ids, cheap, bound = [], [], []
             for start, values in self.source.scan(SMALL_TERMS, SCAN_CHUNK):
-                flat = {n: to_tensor(v) for n, v in values.items()}
-                flat["vdlu.e2m.q_norm"] = self.matcher.vdlu.dual_ent2men.layer_norm(flat["vdlu.e2m.q"])
-                c, b = self._cheap_and_bound(mention, basis, flat)
+                c, b = self._cheap_and_bound(mention, basis, self._tensors(values))
                 ids.append(torch.arange(start, start + len(c)))
                 cheap.append(c)
                 bound.append(b)
