@@ -28,14 +28,12 @@ import numpy as np
 from . import retrieval, versions
 from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS, codec_of
 from .data import read_json
-from .encoding import encode_batch
 from .entityimages import checked_image, label
 from .fileio import atomic_file, make_dirs
 from .fingerprint import model_fingerprints
-from .matcher import flatten_terms
 from .processing import entity_text
 from .segment import Segment, SegmentWriter, write_records
-from .store import KBStore, StoreError, index_segment, measure_space, now, segment_name
+from .store import KBStore, StoreError, encode_terms, index_segment, measure_space, now, segment_name
 from .versions import DEFAULT_WAIT
 
 HISTORY = 100  # edits kept in the manifest's history
@@ -121,13 +119,9 @@ def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> 
 
 
 def _encode(model, entities: list, precision: str, batch_size: int, device=None) -> dict:
-    parts = []
-    for start in range(0, len(entities), batch_size):
-        batch = entities[start:start + batch_size]
-        terms = encode_batch(model, [entity_text(e.name, e.description) for e in batch],
-                             [e.image_source for e in batch], "entity", device)
-        parts.append({k: v.numpy() for k, v in flatten_terms(terms).items() if k not in DERIVED})
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    # precision is unused; benchmarks/scale.py replaces this function with one of the same signature
+    return encode_terms(model, [entity_text(e.name, e.description) for e in entities],
+                        [e.image_source for e in entities], batch_size, device)
 
 
 def _check_ids(store: KBStore, add: list, update: list, remove: list) -> dict:

@@ -282,9 +282,9 @@ def entity_record(entity, image_folder: str) -> dict:
 
 
 def term_spec(values: dict, precision: str) -> dict:
-    """{name: {"codec", "shape"}} for float values [n, ...] of each stored term."""
+    """{name: {"codec", "shape"}} for float values [n, ...] of each stored term (given without `DERIVED`)."""
     return {name: {"codec": compression.codec_of(name, precision), "shape": list(v.shape[1:])}
-            for name, v in values.items() if name not in DERIVED}
+            for name, v in values.items()}
 
 
 def segment_name(kb_version: int) -> str:
@@ -376,18 +376,25 @@ def _open_work(work: str, plan: dict, restart: bool):
     write_json(spec_path, plan)
 
 
+def encode_terms(model, texts: list, images: list, batch_size: int, device=None, autocast=None, step=None) -> dict:
+    """Entities' texts and images -> their stored terms ({flat name: float32 [n, ...]}, no `DERIVED`),
+    encoded batch by batch; step(n) after each batch."""
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        batch = slice(start, start + batch_size)
+        terms = encode_batch(model, texts[batch], images[batch], "entity", device, autocast=autocast)
+        parts.append({k: v.numpy() for k, v in flatten_terms(terms).items() if k not in DERIVED})
+        if step:
+            step(len(texts[batch]))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def _model_terms(model, entities: list, image_folder: str, batch_size: int, device, autocast, progress_step):
     """terms_of(start, end) that runs the model's encoder, batch by batch."""
     def terms_of(start, end):
-        parts = []
-        for s in range(start, end, batch_size):
-            batch = entities[s:min(s + batch_size, end)]
-            terms = encode_batch(model, [entity_text(e.name, e.attr) for e in batch],
-                                 [entity_image_path(e, image_folder) for e in batch], "entity", device,
-                                 autocast=autocast)
-            parts.append({k: v.numpy() for k, v in flatten_terms(terms).items()})
-            progress_step(len(batch))
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return encode_terms(model, [entity_text(e.name, e.attr) for e in entities[start:end]],
+                            [entity_image_path(e, image_folder) for e in entities[start:end]], batch_size, device,
+                            autocast, progress_step)
     return terms_of
 
 
