@@ -160,6 +160,13 @@ def build(spec: dict, vectors, folder: str = None, progress=None) -> list:
     return parts
 
 
+def build_in_memory(count: int, vectors) -> tuple:
+    """An index of `count` rows built now and kept in memory (a format-1 store, terms held in memory):
+    8-bit codes whatever the size, as the in-memory index always had. -> (its spec, the faiss indexes)."""
+    spec = plan(count, flat_limit=count)
+    return spec, build(spec, vectors)
+
+
 def load(folder: str, spec: dict) -> list:
     """The parts of a saved index, memory-mapped where faiss can."""
     indexes = []

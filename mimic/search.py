@@ -27,7 +27,7 @@ import torch
 
 from .compression import complete, to_tensor
 from .matcher import Matcher, Scores, flatten_terms, unflatten_terms
-from .retrieval import FLAT_LIMIT, VECTOR_TERMS, Retriever, Space, build, plan, unit_weights
+from .retrieval import VECTOR_TERMS, Retriever, Space, build_in_memory, unit_weights
 
 BOUND_MARGIN = 1e-4  # absolute slack on the stopping rule, far above float32 rounding of the scores
 FIRST_BLOCK = 32  # entities fully scored first: the top-10 is nearly always among the 32 best bounds
@@ -64,8 +64,7 @@ class MemoryTerms:
 
     def retriever(self, matcher, threads: int = None) -> Retriever:
         space = Space.measure(matcher, (v for _, v in self.scan(("vdlu.e2m.q", "vdlu.m2e.k"))))
-        spec = plan(self.count, flat_limit=max(FLAT_LIMIT, self.count))
-        indexes = build(spec, lambda rows: space.entity_vectors(
+        spec, indexes = build_in_memory(self.count, lambda rows: space.entity_vectors(
             {n: self.flat[n][rows].float() for n in VECTOR_TERMS}))
         return Retriever(space, [(ix, part["rows"][0]) for ix, part in zip(indexes, spec["parts"])],
                          np.zeros(0, np.int64), threads)

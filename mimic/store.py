@@ -208,8 +208,7 @@ class KBStore:
             if segment.index_spec:
                 spec, indexes = segment.index_spec, retrieval.load(segment.folder, segment.index_spec)
             else:
-                spec = retrieval.plan(segment.count, flat_limit=segment.count)
-                indexes = retrieval.build(spec, lambda rows: space.entity_vectors(
+                spec, indexes = retrieval.build_in_memory(segment.count, lambda rows: space.entity_vectors(
                     segment.read(retrieval.VECTOR_TERMS, rows)))
             parts += [(index, int(self.starts[s]) + part["rows"][0]) for index, part in zip(indexes, spec["parts"])]
         return retrieval.Retriever(space, parts, self.removed, threads)
