@@ -83,6 +83,17 @@ def _recover(path: str):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def refuse_foreign(path, recognised, refusal):
+    """Raise refusal(entries) unless `path` is absent, an empty folder or a folder `recognised(path)`
+    accepts (None: any folder): never write over what is not ours. entries is None when `path` is not
+    a folder, else what it holds."""
+    if not os.path.lexists(path):
+        return
+    entries = os.listdir(path) if os.path.isdir(path) else None
+    if entries is None or (entries and recognised is not None and not recognised(path)):
+        raise refusal(entries)
+
+
 @contextlib.contextmanager
 def atomic_folder(path, replaceable=None):
     """Build a folder under a temporary name; on success it replaces `path` (two renames, and the previous
@@ -93,10 +104,9 @@ def atomic_folder(path, replaceable=None):
     try:
         os.makedirs(parent, exist_ok=True)
         _recover(path)
-        if os.path.lexists(path) and (not os.path.isdir(path) or (
-                os.listdir(path) and replaceable is not None and not replaceable(path))):
-            raise OutputError(errno.EEXIST, f"{path} exists and is not a folder this command writes; it was left "
-                                            f"untouched: choose another output, or move it away yourself")
+        refuse_foreign(path, replaceable, lambda entries: OutputError(
+            errno.EEXIST, f"{path} exists and is not a folder this command writes; it was left untouched: "
+                          f"choose another output, or move it away yourself"))
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except OutputError:
         raise

@@ -27,7 +27,7 @@ import shutil
 
 import filelock
 
-from .fileio import OutputError, make_dirs, write_json
+from .fileio import OutputError, make_dirs, refuse_foreign, write_json
 
 FORMAT, WORK_FORMAT = "mimic-el-kb", "mimic-el-kb-partial"
 VERSION = 2  # format 1: terms/*.npy at the top of the folder (read, and converted by `kb upgrade`)
@@ -93,29 +93,25 @@ def is_partial(path: str) -> bool:
         return False
 
 
-def _refuse(path: str, what: str, entries: list):
+def _refusal(path: str, what: str, entries: list, not_folder: str) -> StoreError:
+    if entries is None:
+        return StoreError(not_folder)
     shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
-    raise StoreError(f"{path} is not {what} (it holds {shown}); it was left untouched: choose another --out, "
-                     f"or move that folder away yourself")
+    return StoreError(f"{path} is not {what} (it holds {shown}); it was left untouched: choose another --out, "
+                      f"or move that folder away yourself")
 
 
 def check_target(path: str):
     """Refuse to write a store into a folder that is neither a store nor empty: never replace user data."""
-    if not os.path.lexists(path):
-        return
-    if not os.path.isdir(path):
-        raise StoreError(f"{path} exists and is not a folder; it was left untouched: choose another --out")
-    entries = os.listdir(path)
-    if entries and not is_store(path):
-        _refuse(path, "a mimic-el KB store", entries)
+    refuse_foreign(path, is_store, lambda entries: _refusal(
+        path, "a mimic-el KB store", entries, f"{path} exists and is not a folder; it was left untouched: "
+                                              f"choose another --out"))
 
 
 def check_work_target(path: str):
     """The same for an encoding's work folder (`<out>.partial`, or a shard folder)."""
-    if os.path.isdir(path) and os.listdir(path) and not is_partial(path):
-        _refuse(path, "an unfinished mimic-el encoding", os.listdir(path))
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise StoreError(f"{path} exists and is not a folder; it was left untouched")
+    refuse_foreign(path, is_partial, lambda entries: _refusal(
+        path, "an unfinished mimic-el encoding", entries, f"{path} exists and is not a folder; it was left untouched"))
 
 
 def create(path: str):
