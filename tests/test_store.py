@@ -426,6 +426,21 @@ def test_format_1_stores_are_read_and_upgraded(reference_store, tmp_path, tiny_m
                                                                    abs=1e-3)
 
 
+def test_compacting_a_format_1_store_asks_for_kb_upgrade(reference_store, tmp_path, tiny_model):
+    """Early format-1 manifests have no "precision": compact must still say what to do, not raise KeyError."""
+    from mimic.kbedit import compact_store
+    old = str(tmp_path / "v1")
+    write_format1(reference_store, old)
+    with open(os.path.join(old, "manifest.json")) as f:
+        manifest = json.load(f)
+    del manifest["precision"]
+    with open(os.path.join(old, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(StoreError, match=f"{old}: format 1; run 'kb upgrade' instead"):
+        compact_store(old, tiny_model, progress=False)
+    assert KBStore.load(old).manifest == manifest  # untouched
+
+
 def test_autocast_encoding_stays_close_to_float32(tmp_path, synth_dataset, tiny_model):
     """encode-kb --autocast bf16 (what a GPU runs, in fp16 there): the terms are stored in float32 form,
     near the float32 encoder's; without autocast the store is the exact one."""
