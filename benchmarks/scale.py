@@ -211,7 +211,7 @@ def phase_edit(args):
     model = load_model(os.path.join(args.dir, "checkpoint"), device="cpu")
     encoding = []
 
-    def synthetic_encode(model, entities, precision, batch_size, device=None):
+    def synthetic_encode(model, entities, batch_size, device=None):
         t = time.perf_counter()
         with torch.no_grad():
             flat = flatten_terms(model.matcher.entity_side(raw_features(0, len(entities), seed=99)))

@@ -118,8 +118,7 @@ def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> 
     return _Entity(change["id"], old["qid"], name or "", description, source, stored)
 
 
-def _encode(model, entities: list, precision: str, batch_size: int, device=None) -> dict:
-    # precision is unused; benchmarks/scale.py replaces this function with one of the same signature
+def _encode(model, entities: list, batch_size: int, device=None) -> dict:
     return encode_terms(model, [entity_text(e.name, e.description) for e in entities],
                         [e.image_source for e in entities], batch_size, device)
 
@@ -193,7 +192,7 @@ def edit_store(path: str, model=None, add=(), update=(), remove=(), image_folder
         if changed:
             name = segment_name(manifest["kb_version"] + 1)
             folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
-            values = _encode(model, changed, manifest["precision"], batch_size, device)
+            values = _encode(model, changed, batch_size, device)
             spec = manifest["terms"]
             writer = SegmentWriter(folder, len(changed), spec, create=True)
             writer.put(0, values)
