@@ -5,7 +5,7 @@ from .encoder import EncoderUnavailable
 from .fileio import OutputError
 from .hub import HubError
 from .images import ImageError
-from .linker import QueryError
+from .query import QueryError
 from .store import StoreError
 
 USER_ERRORS = (DataError, CheckpointError, EncoderUnavailable, OutputError, ImageError, QueryError, StoreError,

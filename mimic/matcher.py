@@ -21,6 +21,8 @@ from .tglu import TGLU
 from .vdlu import VDLU
 
 UNITS = ("tglu", "vdlu", "cmfu")
+# the unit scores a result row carries beside S ("score")
+SCORE_FIELDS = ("s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c")
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 
 from .compression import DEFAULT_PRECISION, DERIVED, as_stored, complete, to_tensor
 from .encoding import encode_batch
-from .linker import SCORE_FIELDS, QueryError, _clean
-from .matcher import cat_terms, flatten_terms, map_terms, select, unflatten_terms
+from .matcher import SCORE_FIELDS, cat_terms, flatten_terms, map_terms, select, unflatten_terms
 from .processing import entity_text
+from .query import QueryError, clean_text
 
 ID_PREFIX = "session:"
 MAX_NAME_CHARS = 200
@@ -30,7 +30,7 @@ class OverlayFull(QueryError):
 def clean_entity_text(name, description) -> tuple:
     """-> (name, description) with control and bidirectional-override characters removed (a name
     such as "abc\\u202edcb" would otherwise display reversed), or QueryError when too long or empty."""
-    name, description = _clean(name), _clean(description)
+    name, description = clean_text(name), clean_text(description)
     if not name:
         raise QueryError("Please give the new entity a name.")
     if len(name) > MAX_NAME_CHARS:
