@@ -11,10 +11,8 @@ record a checkpoint keeps so that it loads with no hub.
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
-from .encoder import CLIPEncoder, MIMICEncoder, load_clip
+from .encoder import OPEN_CLIP, CLIPEncoder, MIMICEncoder, load_clip
 from .processing import Processor
-
-OPEN_CLIP = "open_clip:"
 
 
 def is_open_clip(spec: str) -> bool:

@@ -26,6 +26,7 @@ from transformers.utils import logging as transformers_logging
 from .matcher import Features
 
 DEFAULT_ENCODER = "openai/clip-vit-base-patch32"
+OPEN_CLIP = "open_clip:"  # the prefix of an open_clip backbone's name (mimic/backbones.py)
 _BUNDLED_CONFIGS = {DEFAULT_ENCODER: Path(__file__).with_name("clip_vit_b32.json")}
 
 

@@ -36,8 +36,7 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-from .backbones import OPEN_CLIP
-from .encoder import EncoderUnavailable, MIMICEncoder, unit
+from .encoder import OPEN_CLIP, EncoderUnavailable, MIMICEncoder, unit
 from .images import ImagePipeline
 from .processing import Processor
 from .tokenizer import bundled_clip_tokenizer, load_tokenizer
