@@ -26,8 +26,8 @@ MEASURE = """
 import json, os, resource, sys, time
 t0 = time.perf_counter()
 import torch
-from mimic.encoder import EncoderUnavailable
-from mimic.model import MIMIC, MIMICConfig
+from mimic.model.encoder import EncoderUnavailable
+from mimic.model.mimic import MIMIC, MIMICConfig
 torch.set_num_threads(2)
 imported = time.perf_counter() - t0
 spec, image = sys.argv[1], sys.argv[2]

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.linking import make_model, threads  # noqa: E402
-from mimic.data import entity_image_path, read_kb, read_qid2id  # noqa: E402
+from mimic.data.readers import entity_image_path, read_kb, read_qid2id  # noqa: E402
 from mimic.fileio import write_json  # noqa: E402
 from mimic.linker import Query  # noqa: E402
 
@@ -43,7 +43,7 @@ def demo_entities(count: int) -> list:
 
 
 def encode(model, entities, autocast, folder):
-    from mimic.store import KBStore, encode_store
+    from mimic.kb.store import KBStore, encode_store
     out = os.path.join(folder, f"kb-{autocast or 'float32'}")
     t = time.perf_counter()
     encode_store(model, entities, os.path.join(DEMO, "kb_image"), out, "demo", batch_size=64, precision="float32",
@@ -61,9 +61,9 @@ def main():
     threads()
     model = make_model()
     entities = demo_entities(args.entities)
-    from mimic.encoding import encode_batch
-    from mimic.matcher import unflatten_terms
-    from mimic.processing import mention_text
+    from mimic.model.encoding import encode_batch
+    from mimic.model.matcher import unflatten_terms
+    from mimic.model.processing import mention_text
     mentions = [Query(f"A photo of {e.name} from the archive.", e.name,
                       entity_image_path(e, os.path.join(DEMO, "kb_image"))) for e in entities[:20]]
     mention_terms = encode_batch(model, [mention_text(q.mention, q.sentence) for q in mentions],

@@ -1,4 +1,4 @@
-"""Faithfulness and cost of the relevance maps (mimic/relevance.py).
+"""Faithfulness and cost of the relevance maps (mimic/explain/relevance.py).
 
     python benchmarks/faithfulness.py       # about 5 minutes; writes benchmarks/results/faithfulness.json
 
@@ -6,7 +6,7 @@
    ViT-B/32 (random weights: the same work as the real model), 2 threads: p50 and p95 of 10 runs after
    a warm-up, beside one plain encoding of the same pair as the linking path does it (sdpa attention,
    no gradients); and the largest difference between the eager pass's scores and the sdpa ones.
-2. Deletion (mimic/deletion.py) on the tiny random CLIP of the tests, with random and with zero-shot
+2. Deletion (mimic/explain/deletion.py) on the tiny random CLIP of the tests, with random and with zero-shot
    MIMIC layers, over the synthetic dataset's test mentions: blank the mention image's patches (to the
    CLIP mean colour, patch-aligned at 224 x 224) or mask the mention's words, most relevant first or in
    5 random orders, and record S. Reported: the area under S's curve by relevance and at random
@@ -31,14 +31,14 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mimic.data import Dataset, load_config  # noqa: E402
-from mimic.deletion import PairScorer, deletion  # noqa: E402
+from mimic.data.readers import Dataset, load_config  # noqa: E402
+from mimic.data.synthetic import make_dataset, make_tiny_clip  # noqa: E402
+from mimic.explain.deletion import PairScorer, deletion  # noqa: E402
+from mimic.explain.relevance import GRID_TARGETS, explain_pair  # noqa: E402
 from mimic.fileio import write_json  # noqa: E402
-from mimic.model import MIMIC, MIMICConfig  # noqa: E402
-from mimic.processing import entity_text, mention_text  # noqa: E402
-from mimic.relevance import GRID_TARGETS, explain_pair  # noqa: E402
-from mimic.synthetic import make_dataset, make_tiny_clip  # noqa: E402
-from mimic.zeroshot import zero_shot_init  # noqa: E402
+from mimic.model.mimic import MIMIC, MIMICConfig  # noqa: E402
+from mimic.model.processing import entity_text, mention_text  # noqa: E402
+from mimic.model.zeroshot import zero_shot_init  # noqa: E402
 
 DEMO_KB = os.path.join(ROOT, "assets", "demo_kb")
 MENTION_IMAGE = os.path.join(DEMO_KB, "mention_image", "hopper_face_crop.jpg")
@@ -51,7 +51,7 @@ def entity_image_of_demo_kb() -> str:
 
 def cost(runs: int = 10) -> dict:
     """Seconds per explanation with full-size ViT-B/32, beside one plain encoding of the pair."""
-    from mimic.loading import load_model
+    from mimic.train.loading import load_model
     model = load_model(None, None, "zero-shot", "cpu", pretrained=False)  # the bundled ViT-B/32 architecture
     pair = ("Hopper [SEP] A portrait of Hopper was unveiled at the gallery opening.", MENTION_IMAGE,
             "Edward Hopper [SEP] American realist painter and printmaker (1882-1967)", entity_image_of_demo_kb())
@@ -122,8 +122,8 @@ def faithfulness(model, items: list, randoms: int = 5, regions: dict = None) -> 
 
 
 def train_region_model(work: str, clip: str, epochs: int):
-    from mimic.checkpoint import load_checkpoint
-    from mimic.train import train
+    from mimic.train.checkpoint import load_checkpoint
+    from mimic.train.trainer import train
     config_path = make_dataset(os.path.join(work, "region"), encoder=clip, pattern_region=True)
     config = load_config(config_path, [f"output_dir={os.path.join(work, 'runs')}", f"trainer.max_epochs={epochs}"])
     result = train(MIMIC.from_encoder(MIMICConfig(encoder=clip), seed=0), config, progress=False)

@@ -25,7 +25,7 @@ from mimic.fileio import write_json  # noqa: E402
 PROBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[3])
-from mimic.images import ImagePipeline
+from mimic.model.images import ImagePipeline
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from PIL import Image
 

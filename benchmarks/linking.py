@@ -27,9 +27,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mimic.data import Entity  # noqa: E402
+from mimic.data.readers import Entity  # noqa: E402
 from mimic.fileio import write_json  # noqa: E402
-from mimic.matcher import Features, Matcher, flatten_terms, select  # noqa: E402
+from mimic.model.matcher import Features, Matcher, flatten_terms, select  # noqa: E402
 
 TEXT_LEN, IMAGE_TOKENS, TEXT_DIM, TOKEN_DIM, DV = 40, 50, 512, 512, 96
 CHUNK = 6000  # the authors' eval_chunk_size
@@ -81,15 +81,15 @@ def query_features(entity_ids, count, seed=1):
 # ---------------------------------------------------------------------------------------------------
 def make_model():
     """A full-size MIMIC on a random-weight ViT-B/32 (no download), its MIMIC layers seeded."""
-    from mimic.model import MIMIC, MIMICConfig
+    from mimic.model.mimic import MIMIC, MIMICConfig
     return MIMIC.from_encoder(MIMICConfig(), pretrained=False, seed=0).eval()
 
 
 def phase_build(args):
     """Write the synthetic store through the store's own encoding path (terms from random encoder
     outputs instead of a CLIP pass), plus the queries."""
-    from mimic.data import Entity
-    from mimic.store import encode_store
+    from mimic.data.readers import Entity
+    from mimic.kb.store import encode_store
     threads()
     model = make_model()
     matcher = model.matcher
@@ -123,8 +123,8 @@ def _percentiles(values):
 
 def phase_serve(args):
     """Load the store, search every query both ways, and scan the whole store for the reference."""
-    from mimic.search import Searcher
-    from mimic.store import KBStore
+    from mimic.kb.search import Searcher
+    from mimic.kb.store import KBStore
     threads()
     rss_before = _peak_rss_mb()
     t0 = time.time()
@@ -198,8 +198,8 @@ def phase_authors(args):
 def phase_e2e(args):
     """One query end to end with a full-size CLIP ViT-B/32 (random weights): text + image encoding and
     the default search over the 110,000-entity store."""
+    from mimic.kb.store import KBStore
     from mimic.linker import Linker
-    from mimic.store import KBStore
     threads()
     model = make_model()
     model.matcher.load_state_dict(torch.load(os.path.join(args.workdir, "matcher.pt")))

@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.linking import CHUNK, make_model, query_features, raw_features, threads  # noqa: E402
 from mimic.fileio import write_json  # noqa: E402
-from mimic.matcher import flatten_terms, select, unflatten_terms  # noqa: E402
+from mimic.model.matcher import flatten_terms, select, unflatten_terms  # noqa: E402
 
 K = 10
 MARGIN = 1e-4
@@ -46,10 +46,10 @@ MARGIN = 1e-4
 class ExhaustiveReference:
     """The exhaustive float32 top-k of each query, from the entity terms as they stream past, chunk by
     chunk: everything but the TGLU attention for every entity, and the full score (`Matcher.score`) for
-    the entities whose upper bound (mimic/search.py) can still beat the query's k-th best so far."""
+    the entities whose upper bound (mimic/kb/search.py) can still beat the query's k-th best so far."""
 
     def __init__(self, matcher, mentions: dict, count: int):
-        from mimic.retrieval import unit_weights
+        from mimic.kb.retrieval import unit_weights
         self.matcher, self.mentions, self.w = matcher, mentions, unit_weights(matcher)
         self.queries = len(mentions["cmfu"]["f"])
         self.best = [(torch.zeros(0, dtype=torch.long), torch.zeros(0)) for _ in range(self.queries)]
@@ -105,9 +105,9 @@ class ExhaustiveReference:
 
 # ---------------------------------------------------------------------------------------------------
 def phase_build(args):
-    from mimic.checkpoint import save_model
-    from mimic.data import Entity
-    from mimic.store import encode_store
+    from mimic.data.readers import Entity
+    from mimic.kb.store import encode_store
+    from mimic.train.checkpoint import save_model
     threads()
     t0 = time.time()
     model = make_model()
@@ -151,15 +151,15 @@ def _ms(values, q):
 
 
 def phase_serve(args):
+    from mimic.kb.store import KBStore
     from mimic.linker import Linker
-    from mimic.loading import load_model
-    from mimic.store import KBStore
+    from mimic.train.loading import load_model
     threads()
     store_path = os.path.join(args.dir, "store")
     t = time.time()
     model = load_model(os.path.join(args.dir, "checkpoint"), device="cpu")
     model_s = time.time() - t
-    from mimic.fingerprint import model_fingerprints
+    from mimic.kb.fingerprint import model_fingerprints
     fingerprints = model_fingerprints(model)  # as a server computes them once at start
     rss_before_store = _rss_anon_bytes()
     t = time.time()
@@ -204,9 +204,9 @@ def phase_serve(args):
 
 def phase_edit(args):
     """100 entities through `kb add`'s code (encoding replaced by synthetic terms, timed apart), then removed."""
-    import mimic.kbedit as kbedit
-    from mimic.data import Entity
-    from mimic.loading import load_model
+    import mimic.kb.edit as kbedit
+    from mimic.data.readers import Entity
+    from mimic.train.loading import load_model
     threads()
     model = load_model(os.path.join(args.dir, "checkpoint"), device="cpu")
     encoding = []
@@ -265,7 +265,7 @@ def main():
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.candidates is None:
-        from mimic.search import DEFAULT_CANDIDATES
+        from mimic.kb.search import DEFAULT_CANDIDATES
         args.candidates = DEFAULT_CANDIDATES
     if args.phase:  # a child process: run one phase, print its JSON
         print(json.dumps(PHASES[args.phase](args)))

@@ -14,11 +14,11 @@ import threading
 
 from PIL import Image
 
-from mimic.data import read_kb, read_qid2id
-from mimic.fingerprint import file_fingerprint, model_fingerprints
-from mimic.images import ImageError, open_image
+from mimic.data.readers import read_kb, read_qid2id
+from mimic.kb.fingerprint import file_fingerprint, model_fingerprints
+from mimic.kb.store import KBStore, StoreError, encode_store
 from mimic.linker import Linker
-from mimic.store import KBStore, StoreError, encode_store
+from mimic.model.images import ImageError, open_image
 
 from .safe_text import without_paths
 

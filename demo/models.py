@@ -16,10 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from mimic.backbones import has_pretrained_weights, is_open_clip
-from mimic.checkpoint import CheckpointError
-from mimic.encoder import DEFAULT_ENCODER, EncoderUnavailable
-from mimic.loading import load_model
+from mimic.model.backbones import has_pretrained_weights, is_open_clip
+from mimic.model.encoder import DEFAULT_ENCODER, EncoderUnavailable
+from mimic.train.checkpoint import CheckpointError
+from mimic.train.loading import load_model
 
 from .safe_text import without_paths
 

@@ -15,7 +15,7 @@ import time
 
 from PIL import Image
 
-from mimic.overlay import Overlay, OverlayFull
+from mimic.kb.overlay import Overlay, OverlayFull
 
 from .kb import compact_picture, thumbnail_tag
 

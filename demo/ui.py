@@ -9,11 +9,11 @@ import re
 
 import gradio as gr
 
-from mimic.images import ImageError, open_image
+from mimic.explain.relevance import UnsupportedBackbone, tracer_for
+from mimic.kb.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from mimic.linker import Query, QueryError, check_query
-from mimic.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
-from mimic.processing import mention_text
-from mimic.relevance import UnsupportedBackbone, tracer_for
+from mimic.model.images import ImageError, open_image
+from mimic.model.processing import mention_text
 
 from . import heatmap, plots
 from .kb import DEMO_KB, NO_IMAGE, DemoKB, compact_picture
@@ -67,7 +67,7 @@ the images, and which words it matched. Click a ranked entity to inspect it."""
 
 
 class ImageFile(gr.Image):
-    """Gradio's image input, handing the uploaded file over unopened: mimic.images opens it safely
+    """Gradio's image input, handing the uploaded file over unopened: mimic.model.images opens it safely
     and says what is wrong with a bad file (Gradio's own conversion would fail with a bare error)."""
     is_template = True  # the page draws it with Gradio's image widget
 

@@ -349,21 +349,21 @@ def load_model(args, config=None, apply_config: bool = True):
     """The model the options ask for: a checkpoint, or the pretrained CLIP with an initialisation; with a
     run `config`: sized by it, then checked against it and given its text length (apply_run_config) unless
     `apply_config` is False."""
-    from .loading import load_model as load
+    from .train.loading import load_model as load
     if not args.checkpoint and not args.init:
         raise SystemExit("error: give --checkpoint K, or --init zero-shot (CLIP similarities) or --init random")
     encoder = args.encoder or (config.pretrained_model if config is not None and not args.checkpoint else None)
     if config is None:
         return load(args.checkpoint, encoder, args.init, args.device, image_mode=args.image_mode)
-    from .runconfig import apply_run_config, mimic_sizes
+    from .data.runconfig import apply_run_config, mimic_sizes
     model = load(args.checkpoint, encoder, args.init, args.device, seed=config.seed, sizes=mimic_sizes(config),
                  image_mode=args.image_mode)
     return apply_run_config(model, config) if apply_config else model
 
 
 def cmd_train(args):
-    from .data import load_config
-    from .train import train
+    from .data.readers import load_config
+    from .train.trainer import train
     overrides = list(args.set)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -396,10 +396,10 @@ def _metrics_table(m: dict) -> str:
 
 
 def cmd_evaluate(args):
-    from .data import Dataset, load_config
-    from .datacheck import refuse_missing_images
-    from .evaluate import evaluate
+    from .data.check import refuse_missing_images
+    from .data.readers import Dataset, load_config
     from .fileio import write_json, write_jsonl
+    from .train.evaluate import evaluate
     config = load_config(args.config, args.set)
     dataset = Dataset(config)
     dataset.split(args.split)  # fail on a bad split file before the model is loaded
@@ -417,8 +417,8 @@ def cmd_evaluate(args):
 
 
 def cmd_data(args):
-    from .data import load_config
-    from .datacheck import check_dataset, format_report
+    from .data.check import check_dataset, format_report
+    from .data.readers import load_config
     from .fileio import write_json
     config = load_config(args.config, args.set)
     report = check_dataset(config, tuple(args.split or ("train", "dev", "test")), decode=args.decode,
@@ -431,8 +431,8 @@ def cmd_data(args):
 
 def _kb_source(args):
     """(entities, image folder, KB fingerprint, config or None) from --config or --entities."""
-    from .data import Dataset, load_config, read_entity_file
-    from .fingerprint import file_fingerprint
+    from .data.readers import Dataset, load_config, read_entity_file
+    from .kb.fingerprint import file_fingerprint
     if args.config:
         config = load_config(args.config)
         dataset = Dataset(config)
@@ -453,7 +453,7 @@ def _parse_shard(text):
 
 
 def cmd_encode_kb(args):
-    from .store import encode_store, merge_shards
+    from .kb.store import encode_store, merge_shards
     entities, folder, kb_fingerprint, config = _kb_source(args)
     missing = sum(1 for e in entities if e.images and not os.path.isfile(os.path.join(folder, e.images[0])))
     if missing:
@@ -487,7 +487,7 @@ def cmd_encode_kb(args):
 
 def _read_queries(path):
     """-> (queries, image_missing): a query whose image file is missing gets no image and a True flag."""
-    from .data import DataError
+    from .data.readers import DataError
     from .linker import Query, QueryError, check_query
     base = os.path.dirname(os.path.abspath(path))
     queries, image_missing, missing, with_image = [], [], [], 0
@@ -536,9 +536,10 @@ def _results_table(rows):
 
 def cmd_link(args):
     from tqdm.auto import tqdm
+
     from .fileio import write_jsonl
+    from .kb.store import KBStore
     from .linker import Linker
-    from .store import KBStore
     single = args.sentence is not None or args.mention is not None
     if single == bool(args.queries):
         raise SystemExit("error: give either --sentence and --mention, or --queries Q.jsonl --out O.jsonl")
@@ -572,8 +573,8 @@ def cmd_link(args):
 def _checked_image(path):
     """The image at `path` opened, or None without a path: a missing or damaged file is an error, not a
     text-only query."""
-    from .data import DataError
-    from .images import open_image
+    from .data.readers import DataError
+    from .model.images import open_image
     if not path:
         return None
     if not os.path.isfile(path):
@@ -583,7 +584,7 @@ def _checked_image(path):
 
 def _store_model(args, store):
     """The model the options ask for, else the one recorded in the store (in the store's image mode)."""
-    from .loading import load_model as load
+    from .train.loading import load_model as load
     source = store.manifest.get("source") or {}
     stored_mode = source.get("image_mode", "default")
     image_mode = getattr(args, "image_mode", None)
@@ -600,8 +601,8 @@ def _store_model(args, store):
 
 def _explained_entity(args, linker, mention_terms: dict) -> int:
     """--entity, --qid, or the best-ranked entity for the mention (its encoded `mention_terms`)."""
+    from .data.readers import DataError
     from .linker import check_entity_index
-    from .data import DataError
     if args.entity is not None:
         return check_entity_index(args.entity, len(linker.store))
     if args.qid:
@@ -621,12 +622,12 @@ def _word_table(relevance: dict) -> str:
 
 
 def cmd_explain(args):
+    from .explain.heatmap import overlay, overlay_grid
+    from .explain.relevance import UnsupportedBackbone
     from .fileio import atomic_file, make_dirs, write_json
-    from .images import ImageError, open_image
+    from .kb.store import KBStore
     from .linker import Linker, Query, check_query
-    from .heatmap import overlay, overlay_grid
-    from .relevance import UnsupportedBackbone
-    from .store import KBStore
+    from .model.images import ImageError, open_image
     image = _checked_image(args.image)  # a bad image is an error here, not zeros
     store = KBStore.load(args.kb)
     linker = Linker(_store_model(args, store), store)
@@ -675,9 +676,9 @@ def cmd_explain(args):
 
 
 def cmd_kb(args):
-    from .data import read_entity_file
-    from .kbedit import compact_store, edit_store, read_changes, upgrade_store
-    from .store import KBStore
+    from .data.readers import read_entity_file
+    from .kb.edit import compact_store, edit_store, read_changes, upgrade_store
+    from .kb.store import KBStore
     command = args.kb_command
     if command == "remove":
         manifest = edit_store(args.kb, remove=args.ids, wait=args.wait)
@@ -701,15 +702,15 @@ def cmd_kb(args):
 
 
 def cmd_calibrate_nil(args):
-    from .checkpoint import save_nil_rule
-    from .data import Dataset, load_config
-    from .encoding import encode_all
-    from .evaluate import encode_kb
+    from .data.readers import Dataset, load_config
     from .fileio import write_json
-    from .matcher import select
+    from .kb.search import Searcher
+    from .model.encoding import encode_all
+    from .model.matcher import select
+    from .model.processing import mention_text
     from .nil import calibrate
-    from .processing import mention_text
-    from .search import Searcher
+    from .train.checkpoint import save_nil_rule
+    from .train.evaluate import encode_kb
     config = load_config(args.config)
     dataset = Dataset(config)
     mentions = dataset.split(args.split)
@@ -736,7 +737,7 @@ def cmd_calibrate_nil(args):
 
 
 def cmd_push_to_hub(args):
-    from .hub import push_to_hub, stage
+    from .train.hub import push_to_hub, stage
     if args.stage:
         stage(args.checkpoint, args.stage, args.repo_id, args.encoder)
         print(f"staged in {args.stage} (README.md is the model card); nothing was uploaded")

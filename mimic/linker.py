@@ -1,17 +1,18 @@
 """Linking new mentions against a pre-encoded KB: the one API the CLI and the demo share."""
 import torch
 
-from .encoding import encode_batch
-from .fingerprint import model_fingerprints
-from .matcher import SCORE_FIELDS, select
+from .explain.relevance import explain_pair
+from .kb.fingerprint import model_fingerprints
+from .kb.search import DEFAULT_CANDIDATES, Searcher
+from .kb.store import KBStore
+from .model.encoding import encode_batch
+from .model.matcher import SCORE_FIELDS, select
+from .model.processing import entity_text, mention_text
 from .nil import is_nil
-from .loading import load_model
-from .processing import entity_text, mention_text
-# the door's names: callers check and build queries through the linker
 from .query import MAX_TOP_K, Query, QueryError, check_entity_index, check_query, check_top_k  # noqa: F401
-from .relevance import explain_pair
-from .search import DEFAULT_CANDIDATES, Searcher
-from .store import KBStore
+from .train.loading import load_model
+
+# Query, QueryError and check_query are the door's names too: callers build and check queries through it
 
 
 class Linker:
@@ -112,7 +113,7 @@ class Linker:
         of both images (CLS first, then the 7x7 patches). `mention_terms` (from `mention_terms`) spares
         encoding the mention again.
 
-        Relevance (what moved the scores; mimic/relevance.py, skipped with relevance=False):
+        Relevance (what moved the scores; mimic/explain/relevance.py, skipped with relevance=False):
         "mention_relevance" and "entity_relevance", each {"s", "s_t", "s_v", "s_c"} -> a patch grid (rows
         of floats, higher = more of that score), or None for a side without an image; "token_relevance",
         {"tokens", "s", "s_t"} over the mention's words; "scores", the pair's scores in that pass. The

@@ -13,11 +13,11 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mimic.checkpoint import save_model  # noqa: E402
-from mimic.data import Dataset, load_config  # noqa: E402
-from mimic.matcher import Features  # noqa: E402
-from mimic.model import MIMIC, MIMICConfig  # noqa: E402
-from mimic.synthetic import make_dataset, make_tiny_clip  # noqa: E402
+from mimic.data.readers import Dataset, load_config  # noqa: E402
+from mimic.data.synthetic import make_dataset, make_tiny_clip  # noqa: E402
+from mimic.model.matcher import Features  # noqa: E402
+from mimic.model.mimic import MIMIC, MIMICConfig  # noqa: E402
+from mimic.train.checkpoint import save_model  # noqa: E402
 
 torch.set_num_threads(2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 
 from mimic import cli
-from mimic.checkpoint import load_checkpoint, save_model
-from mimic.data import DataError, Dataset, load_config, read_kb, read_mentions
-from mimic.evaluate import evaluate
-from mimic.fingerprint import model_fingerprints
-from mimic.loading import load_model
-from mimic.model import MIMIC, MIMICConfig
-from mimic.runconfig import apply_run_config
-from mimic.synthetic import make_dataset
-from mimic.train import _trainer_kwargs, parameter_groups, train
+from mimic.data.readers import DataError, Dataset, load_config, read_kb, read_mentions
+from mimic.data.runconfig import apply_run_config
+from mimic.data.synthetic import make_dataset
+from mimic.kb.fingerprint import model_fingerprints
+from mimic.model.mimic import MIMIC, MIMICConfig
+from mimic.train.checkpoint import load_checkpoint, save_model
+from mimic.train.evaluate import evaluate
+from mimic.train.loading import load_model
+from mimic.train.trainer import _trainer_kwargs, parameter_groups, train
 
 
 def write(path, data):
@@ -300,8 +300,8 @@ def test_image_mode_is_saved_with_a_checkpoint_and_changes_the_encoder_fingerpri
 
 def test_a_store_encoded_in_one_mode_is_refused_by_a_model_in_the_other(synth_config_path, tiny_model, tmp_path,
                                                                        capsys):
+    from mimic.kb.store import KBStore, StoreError
     from mimic.linker import Linker
-    from mimic.store import KBStore, StoreError
     ckpt = str(tmp_path / "ckpt")
     save_model(tiny_model, ckpt)
     status, _, err = run_cli(["encode-kb", "--config", synth_config_path, "--checkpoint", ckpt, "--image-mode",

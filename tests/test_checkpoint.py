@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mimic.checkpoint import CheckpointError, load_authors_checkpoint, load_checkpoint, save_model
-from mimic.model import MIMIC, MIMICConfig
-from mimic.synthetic import make_tiny_clip
+from mimic.data.synthetic import make_tiny_clip
+from mimic.model.mimic import MIMIC, MIMICConfig
+from mimic.train.checkpoint import CheckpointError, load_authors_checkpoint, load_checkpoint, save_model
 
 FACT_KEYS = ["encoder.image_cls_fc.weight", "encoder.image_tokens_fc.bias", "matcher.text_cls_layernorm.weight",
              "matcher.text_tokens_layernorm.bias", "matcher.image_cls_layernorm.weight",

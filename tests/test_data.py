@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mimic.data import DataError, Dataset, load_config, mention_image_name, read_kb, read_mentions, read_qid2id
+from mimic.data.readers import DataError, Dataset, load_config, mention_image_name, read_kb, read_mentions, read_qid2id
 
 
 def write(path, data):

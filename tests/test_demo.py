@@ -14,8 +14,8 @@ from demo.models import LoadedModel, weights_fingerprint
 from demo.safe_text import markdown_literal, without_paths
 from demo.sessions import SessionEntities
 from demo.ui import DELETE_CACHE, DemoApp, build_app, describe_mention, occurrences, verdict_markdown
+from mimic.kb.overlay import OverlayFull
 from mimic.linker import QueryError
-from mimic.overlay import OverlayFull
 from tests.conftest import EXAMPLE_IMAGE, ROOT
 
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
@@ -218,6 +218,7 @@ def test_the_page_links_and_draws_every_panel(app_server, browser_page):
 def test_without_pretrained_weights_the_page_says_so_plainly(tmp_path):
     """Offline, no checkpoint: the app starts on a stand-in CLIP (random weights, real sizes) and says so."""
     import urllib.request
+
     from tests.conftest import start_app
     process, url, client = start_app(tmp_path, extra_env={"MIMIC_CHECKPOINT": "", "MIMIC_ENCODER": ""})
     try:

@@ -74,9 +74,9 @@ def test_under_zero_shot_the_panel_shows_relevance_and_says_why_attention_is_not
     from demo.models import LoadedModel
     from demo.sessions import compact_picture
     from demo.ui import DemoApp
-    from mimic.images import open_image
-    from mimic.model import MIMIC, MIMICConfig
-    from mimic.zeroshot import zero_shot_init
+    from mimic.model.images import open_image
+    from mimic.model.mimic import MIMIC, MIMICConfig
+    from mimic.model.zeroshot import zero_shot_init
     monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))
     model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=1).eval()
     zero_shot_init(model)
@@ -103,17 +103,18 @@ def test_under_zero_shot_the_panel_shows_relevance_and_says_why_attention_is_not
 def test_on_a_backbone_without_relevance_maps_the_panel_explains_once_and_says_so(tiny_clip, tmp_path,
                                                                                   monkeypatch):
     import gradio as gr
+
     from demo.kb import DemoKB
     from demo.models import LoadedModel
     from demo.ui import DemoApp
+    from mimic.explain.relevance import UnsupportedBackbone
     from mimic.linker import Linker
-    from mimic.model import MIMIC, MIMICConfig
-    from mimic.relevance import UnsupportedBackbone
+    from mimic.model.mimic import MIMIC, MIMICConfig
 
     def refuse(model):
         raise UnsupportedBackbone("this model's image tower is a timm model (test)")
     monkeypatch.setattr("demo.ui.tracer_for", refuse)  # what the app decides at start
-    monkeypatch.setattr("mimic.relevance.tracer_for", refuse)  # what /explain runs into
+    monkeypatch.setattr("mimic.explain.relevance.tracer_for", refuse)  # what /explain runs into
     monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))
     loaded = LoadedModel(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=1).eval(), "stand-in")
     kb = DemoKB(loaded)

@@ -154,6 +154,7 @@ def test_no_answer_carries_a_server_path(app_server, tiny_clip):
     """The checkpoint, the cache and the repository paths stay in the log; answers describe the model by
     kind, backbone and fingerprint."""
     from gradio_client import Client, handle_file
+
     from tests.conftest import EXAMPLE_IMAGE
     url, _, tmp = app_server
     client = Client(url, verbose=False)
@@ -175,6 +176,7 @@ def test_no_answer_carries_a_server_path(app_server, tiny_clip):
 
 def test_an_unexpected_error_reaches_a_visitor_as_one_sentence_and_the_log_keeps_it(caplog):
     import gradio as gr
+
     from demo.ui import visitor_errors
     from mimic.linker import QueryError
     with pytest.raises(gr.Error) as refused, visitor_errors("It failed.", QueryError, logged="/x failed"):

@@ -71,9 +71,10 @@ def test_a_closed_session_forgets_its_entities(app_server):
 
 def test_added_entities_never_reach_the_store_and_a_restart_forgets_them(tmp_path, tiny_clip):
     from gradio_client import Client, handle_file
-    from mimic.checkpoint import save_model
-    from mimic.model import MIMIC, MIMICConfig
-    from mimic.store import KBStore
+
+    from mimic.kb.store import KBStore
+    from mimic.model.mimic import MIMIC, MIMICConfig
+    from mimic.train.checkpoint import save_model
     save_model(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=3), str(tmp_path / "ckpt"))
     process, url, client = start_app(tmp_path, str(tmp_path / "ckpt"))
     try:

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.encoder import DEFAULT_ENCODER, EncoderUnavailable, clip_config, load_clip
-from mimic.images import ImagePipeline, load_image_processor
-from mimic.processing import Processor, entity_text, mention_text
-from mimic.tokenizer import bundled_clip_tokenizer
+from mimic.model.encoder import DEFAULT_ENCODER, EncoderUnavailable, clip_config, load_clip
+from mimic.model.images import ImagePipeline, load_image_processor
+from mimic.model.processing import Processor, entity_text, mention_text
+from mimic.model.tokenizer import bundled_clip_tokenizer
 
 TEXTS = ["Barack Obama [SEP] Obama was the 44th president of the United States.",
          "café naïve résumé [SEP] Ünïcödé àccents", "東京タワー [SEP] 東京の電波塔", "emoji 😀 and שלום  \t tabs",

@@ -8,7 +8,7 @@ from urllib.parse import unquote
 import pytest
 import torch
 
-from mimic.evaluate import evaluate, metrics, ranks_of_gold
+from mimic.train.evaluate import evaluate, metrics, ranks_of_gold
 from tests.reference import argsort_ranks, authors_style_scores, stable_rank
 
 
@@ -55,7 +55,7 @@ def test_evaluate_ranks_equal_the_authors_style_computation(tiny_model, synth_da
 
 
 def test_nil_mentions_are_skipped(tiny_model, synth_dataset, tmp_path):
-    from mimic.data import read_mentions
+    from mimic.data.readers import read_mentions
     path = tmp_path / "with_nil.json"
     rows = json.load(open(synth_dataset.config.data.test_file))
     rows.insert(1, {"id": "nil-1", "sentence": "who knows", "mentions": "x", "imgPath": "", "answer": "nil"})
@@ -65,7 +65,7 @@ def test_nil_mentions_are_skipped(tiny_model, synth_dataset, tmp_path):
 
 
 def test_evaluate_cli_writes_ranks_and_metrics(tiny_model, synth_config_path, tmp_path):
-    from mimic.checkpoint import save_model
+    from mimic.train.checkpoint import save_model
     save_model(tiny_model, str(tmp_path / "ckpt"))
     cmd = [sys.executable, "-m", "mimic", "evaluate", "--config", synth_config_path, "--checkpoint",
            str(tmp_path / "ckpt"), "--split", "test", "--ranks-out", str(tmp_path / "r.jsonl"),

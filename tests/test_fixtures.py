@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from mimic.checkpoint import load_checkpoint
 from mimic.cli import build_parser
-from mimic.kbedit import edit_store
+from mimic.kb.edit import edit_store
+from mimic.kb.store import KBStore
 from mimic.linker import Linker
-from mimic.store import KBStore
+from mimic.train.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "v0.1")

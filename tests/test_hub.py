@@ -11,12 +11,12 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-import mimic.hub as hub
-from mimic.checkpoint import CheckpointError, save_model, save_nil_rule
-from mimic.hub import HubError, push_to_hub, resolve_checkpoint, stage
+import mimic.train.hub as hub
+from mimic.kb.store import encode_store
 from mimic.linker import Linker
-from mimic.loading import load_model
-from mimic.store import encode_store
+from mimic.train.checkpoint import CheckpointError, save_model, save_nil_rule
+from mimic.train.hub import HubError, push_to_hub, resolve_checkpoint, stage
+from mimic.train.loading import load_model
 from tests.test_checkpoint import authors_checkpoint, scores
 
 REPO = "alice/mimic-test"
@@ -140,7 +140,7 @@ def test_an_authors_ckpt_is_converted_before_upload(tiny_model, tiny_clip, tmp_p
     push_to_hub(path, REPO, encoder=tiny_clip)
     uploaded = uploads["upload"][0]["copy"]
     assert {"config.json", "model.safetensors", "README.md"} <= set(os.listdir(uploaded))
-    from mimic.checkpoint import load_checkpoint
+    from mimic.train.checkpoint import load_checkpoint
     torch.testing.assert_close(scores(load_checkpoint(str(uploaded))).s, scores(tiny_model).s, rtol=1e-6, atol=1e-4)
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic import images as images_module
-from mimic.images import ImageError, ImagePipeline, inspect_image, load_image_processor, open_image
+from mimic.model import images as images_module
+from mimic.model.images import ImageError, ImagePipeline, inspect_image, load_image_processor, open_image
 from tests.conftest import EXAMPLE_IMAGE, ROOT
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -154,6 +154,7 @@ def test_header_facts_predict_which_images_the_modes_treat_differently(kinds, pi
 
 def test_header_facts_of_hostile_files_cost_nothing_and_decode_catches_truncation(tmp_path, kinds):
     import resource
+
     from tests.test_robustness import png_bomb
     png_bomb(tmp_path / "bomb.png", 30_000)  # 100 kB on disk, 900 MB decoded
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -216,7 +217,7 @@ def test_memory_of_one_image_stays_bounded(tmp_path):
 
 
 def test_authors_mode_is_refused_for_a_backbone_with_its_own_image_transform():
-    from mimic.open_clip_encoder import ImageSettings, OpenCLIPImagePipeline
+    from mimic.model.open_clip_encoder import ImageSettings, OpenCLIPImagePipeline
     settings = ImageSettings({"size": 224, "mean": MEAN, "std": STD, "interpolation": "bicubic",
                               "resize_mode": "shortest", "fill_color": 0})
     pipeline = OpenCLIPImagePipeline(settings)

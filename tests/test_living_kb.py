@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mimic.segment as segment_module
-from mimic.data import Entity
-from mimic.fingerprint import file_fingerprint
-from mimic.kbedit import compact_store, edit_store, read_changes
+import mimic.kb.segment as segment_module
+from mimic.data.readers import Entity
+from mimic.kb.edit import compact_store, edit_store, read_changes
+from mimic.kb.fingerprint import file_fingerprint
+from mimic.kb.store import KBStore, StoreError, encode_store
 from mimic.linker import Linker, Query
 from mimic.nil import best_threshold, calibrate, is_nil
-from mimic.store import KBStore, StoreError, encode_store
 
 
 def _entities(dataset, part):
@@ -30,7 +30,7 @@ def build(model, dataset, entities, out, **options):
 
 def top(linker, dataset, mentions, k=10):
     terms = linker.mention_terms([Query(m.sentence, m.mention, dataset.mention_image(m)) for m in mentions])
-    from mimic.matcher import select
+    from mimic.model.matcher import select
     return [linker.link_terms(select(terms, slice(i, i + 1)), k, exact=True)["results"] for i in range(len(mentions))]
 
 
@@ -170,7 +170,7 @@ def test_added_images_are_copied_into_the_store(tiny_model, synth_dataset, tmp_p
 def test_ids_stay_what_link_shows_after_removals(tiny_model, synth_dataset, tmp_path):
     plain = [{"name": e.name, "description": e.attr} for e in synth_dataset.entities[:12]]  # no QIDs
     (tmp_path / "plain.json").write_text(json.dumps(plain))
-    from mimic.data import read_entity_file
+    from mimic.data.readers import read_entity_file
     path = build(tiny_model, synth_dataset, read_entity_file(str(tmp_path / "plain.json")), tmp_path / "kb")
     edit_store(path, remove=["0", "1", "2"])
     linker = Linker(tiny_model, KBStore.load(path))
@@ -195,7 +195,7 @@ def test_edits_name_the_problem(tiny_model, synth_dataset, tmp_path):
         edit_store(path, tiny_model, update=[{"id": "Q1001", "name": "a"}], remove=["Q1001"])
     with pytest.raises(StoreError, match="would leave the KB empty"):
         edit_store(path, remove=[f"Q{1000 + i}" for i in range(10)])
-    from mimic.model import MIMIC, MIMICConfig
+    from mimic.model.mimic import MIMIC, MIMICConfig
     other = MIMIC.from_encoder(MIMICConfig(encoder=tiny_model.config.encoder), seed=77)
     with pytest.raises(StoreError, match="encoded with another checkpoint"):
         edit_store(path, other, add=[Entity(0, "x", "y", qid="Qnew")])
@@ -203,7 +203,7 @@ def test_edits_name_the_problem(tiny_model, synth_dataset, tmp_path):
 
 def test_a_failed_edit_leaves_the_old_version_and_the_next_edit_cleans_up(tiny_model, synth_dataset, tmp_path,
                                                                            monkeypatch):
-    import mimic.versions as versions
+    import mimic.kb.versions as versions
     path = build(tiny_model, synth_dataset, _entities(synth_dataset, synth_dataset.entities[:20]), tmp_path / "kb")
     before = terms_of(KBStore.load(path), ["Q1000", "Q1019"])
     real = versions.write_json
@@ -251,7 +251,7 @@ def test_compaction_keeps_ids_order_and_rankings(tiny_model, synth_dataset, tmp_
 
 
 def test_kb_commands(tiny_model, synth_config_path, tmp_path):
-    from mimic.checkpoint import save_model
+    from mimic.train.checkpoint import save_model
     save_model(tiny_model, str(tmp_path / "ckpt"))
     run = lambda *a: subprocess.run([sys.executable, "-m", "mimic", *a], capture_output=True, text=True,  # noqa: E731
                                     timeout=300)
@@ -302,9 +302,9 @@ def test_calibrate_separates_linked_from_removed_mentions():
 
 @pytest.fixture(scope="module")
 def trained_checkpoint(synth_config_path, tiny_clip, tmp_path_factory):
-    from mimic.data import load_config
-    from mimic.model import MIMIC, MIMICConfig
-    from mimic.train import train
+    from mimic.data.readers import load_config
+    from mimic.model.mimic import MIMIC, MIMICConfig
+    from mimic.train.trainer import train
     out = tmp_path_factory.mktemp("nil")
     result = train(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=0),
                    load_config(synth_config_path, [f"output_dir={out}"]), progress=False)
@@ -321,7 +321,7 @@ def test_calibrate_nil_command_on_the_synthetic_dataset(trained_checkpoint, synt
     # measured: 48 dev mentions, 24 with their gold removed -> about 90 % (without NIL: under 50 %)
     assert report["count"] == 48 and report["removed"] == 24
     assert report["accuracy"] >= 0.8 and report["accuracy"] > report["accuracy_without_nil"] + 0.3
-    from mimic.checkpoint import load_checkpoint
+    from mimic.train.checkpoint import load_checkpoint
     model = load_checkpoint(folder)
     assert model.config.metadata["nil"]["threshold"] == report["threshold"]
     store = str(tmp_path / "kb")

@@ -14,17 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-import mimic.open_clip_encoder as oc
-from mimic.checkpoint import CheckpointError, load_authors_checkpoint, load_checkpoint, save_model
-from mimic.data import load_config
-from mimic.encoder import EncoderUnavailable
-from mimic.fingerprint import file_fingerprint
-from mimic.images import open_image
+import mimic.model.open_clip_encoder as oc
+from mimic.data.readers import load_config
+from mimic.kb.fingerprint import file_fingerprint
+from mimic.kb.store import KBStore, encode_store
 from mimic.linker import Linker, Query
-from mimic.matcher import select
-from mimic.model import MIMIC, MIMICConfig
-from mimic.store import KBStore, encode_store
-from mimic.zeroshot import LOGIT_SCALE, zero_shot_init
+from mimic.model.encoder import EncoderUnavailable
+from mimic.model.images import open_image
+from mimic.model.matcher import select
+from mimic.model.mimic import MIMIC, MIMICConfig
+from mimic.model.zeroshot import LOGIT_SCALE, zero_shot_init
+from mimic.train.checkpoint import CheckpointError, load_authors_checkpoint, load_checkpoint, save_model
 from tests.conftest import EXAMPLE_IMAGE
 
 TINY_VISION = {"image_size": 224, "layers": 2, "width": 48, "head_width": 24, "patch_size": 32}
@@ -201,7 +201,7 @@ def test_zero_shot_works_on_an_open_clip_backbone(registered, synth_dataset):
 
 @pytest.fixture(scope="module")
 def trained_run(registered, synth_config_path, tmp_path_factory):
-    from mimic.train import train
+    from mimic.train.trainer import train
     out = tmp_path_factory.mktemp("open_clip_runs")
     config = load_config(synth_config_path, [f"output_dir={out}", "trainer.max_epochs=2", "train_fraction=0.25",
                                              "trainer.log_every_n_steps=1",

@@ -1,14 +1,14 @@
-"""Session entities (mimic/overlay.py): scored like store entities, merged with the KB, never written."""
+"""Session entities (mimic/kb/overlay.py): scored like store entities, merged with the KB, never written."""
 import os
 
 import pytest
 import torch
 
-from mimic.fingerprint import file_fingerprint
+from mimic.kb.fingerprint import file_fingerprint
+from mimic.kb.overlay import Overlay, OverlayFull, clean_entity_text
+from mimic.kb.store import KBStore, encode_store
 from mimic.linker import Linker, Query, QueryError
-from mimic.matcher import select
-from mimic.overlay import Overlay, OverlayFull, clean_entity_text
-from mimic.store import KBStore, encode_store
+from mimic.model.matcher import select
 
 
 def _store(model, dataset, entities, out):

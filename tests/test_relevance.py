@@ -8,13 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.deletion import PairScorer, area, blanked, deletion, removal_orders
+from mimic.explain.deletion import PairScorer, area, blanked, deletion, removal_orders
+from mimic.explain.relevance import (
+    GRID_TARGETS,
+    UnsupportedBackbone,
+    explain_pair,
+    relevance_pass,
+    token_relevance,
+    token_spans,
+    tracer_for,
+)
 from mimic.linker import QueryError
-from mimic.model import MIMIC, MIMICConfig
-from mimic.processing import entity_text, mention_text
-from mimic.relevance import (GRID_TARGETS, UnsupportedBackbone, explain_pair, relevance_pass, token_relevance,
-                             token_spans, tracer_for)
-from mimic.zeroshot import zero_shot_init
+from mimic.model.mimic import MIMIC, MIMICConfig
+from mimic.model.processing import entity_text, mention_text
+from mimic.model.zeroshot import zero_shot_init
 from tests.conftest import EXAMPLE_IMAGE
 from tests.test_search import float32_linker  # noqa: F401  (a fixture: a store in float32)
 
@@ -345,10 +352,10 @@ def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_p
 def region_model(tiny_clip, tmp_path_factory):
     """A tiny model trained on synthetic data whose mention images hold the entity's pattern in a known
     corner block of 3 x 3 patches (grey distractors elsewhere)."""
-    from mimic.checkpoint import load_checkpoint
-    from mimic.data import Dataset, load_config
-    from mimic.synthetic import make_dataset
-    from mimic.train import train
+    from mimic.data.readers import Dataset, load_config
+    from mimic.data.synthetic import make_dataset
+    from mimic.train.checkpoint import load_checkpoint
+    from mimic.train.trainer import train
     folder = tmp_path_factory.mktemp("region")
     config_path = make_dataset(str(folder / "data"), encoder=tiny_clip, pattern_region=True)
     result = train(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=0),

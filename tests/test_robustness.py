@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mimic.data import DataError, read_kb, read_mentions, read_plain_entities, read_qid2id
+from mimic.data.readers import DataError, read_kb, read_mentions, read_plain_entities, read_qid2id
 from mimic.fileio import OutputError
-from mimic.images import ImageError, ImagePipeline, load_image_processor, open_image
 from mimic.linker import QueryError, check_query, check_top_k
+from mimic.model.images import ImageError, ImagePipeline, load_image_processor, open_image
 from tests.conftest import EXAMPLE_IMAGE
 
 GOOD = ("A portrait of Hopper was unveiled at the gallery.", "Hopper")
@@ -123,7 +123,7 @@ def test_details_of_conversions(images):
 
 
 def test_missing_images_are_counted_in_the_log(tiny_model, caplog, tmp_path):
-    from mimic.encoding import encode_all
+    from mimic.model.encoding import encode_all
     with caplog.at_level("WARNING"):
         encode_all(tiny_model, ["a [SEP] b"] * 3, [str(tmp_path / "gone.jpg"), None, EXAMPLE_IMAGE], "entity",
                    progress=False)
@@ -196,7 +196,7 @@ def _encode_cmd(config, checkpoint, out):
 
 
 def test_encode_kb_killed_at_random_moments_then_resumed_is_identical(tiny_model, synth_config_path, tmp_path):
-    from mimic.checkpoint import save_model
+    from mimic.train.checkpoint import save_model
     from tests.test_store import assert_same_store
     checkpoint = str(tmp_path / "ckpt")
     save_model(tiny_model, checkpoint)
@@ -260,7 +260,7 @@ def _simulate(monkeypatch, code):
 @pytest.mark.parametrize("read_only,message", [(True, "the folder is not writable"), (False, "the disk is full")])
 def test_unwritable_output_gives_a_clear_message_and_no_half_store(tiny_model, synth_dataset, tmp_path, monkeypatch,
                                                                    read_only, message):
-    from mimic.store import encode_store
+    from mimic.kb.store import encode_store
     with small_filesystem(tmp_path / "fs", read_only) as fs:
         if fs is None:
             _simulate(monkeypatch, errno.EROFS if read_only else errno.ENOSPC)

@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from mimic.evaluate import encode_kb, score_against_all
-from mimic.fingerprint import file_fingerprint
+from mimic.kb.fingerprint import file_fingerprint
+from mimic.kb.search import Searcher
+from mimic.kb.store import KBStore, encode_store
 from mimic.linker import Linker, Query, QueryError, check_query
-from mimic.matcher import Matcher, cat_terms, select
-from mimic.search import Searcher
-from mimic.store import KBStore, encode_store
+from mimic.model.matcher import Matcher, cat_terms, select
+from mimic.train.evaluate import encode_kb, score_against_all
 from tests.conftest import random_features, randomize_
 
 DIMS = dict(text_embed_dim=12, text_token_dim=10, dv=8, tglu_dim=6, vdlu_dim=7, cmfu_dim=5)
@@ -60,7 +60,7 @@ def test_exact_search_is_the_exhaustive_top_k(units):
 
 @pytest.fixture(scope="module")
 def float32_linker(tmp_path_factory, synth_dataset, tiny_clip):
-    from mimic.model import MIMIC, MIMICConfig
+    from mimic.model.mimic import MIMIC, MIMICConfig
     model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=1).eval()
     out = str(tmp_path_factory.mktemp("kb") / "f32")
     encode_store(model, synth_dataset.entities, synth_dataset.kb_images, out,

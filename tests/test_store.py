@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-import mimic.segment as segment_module
-import mimic.store as store_module
-from mimic import compression, retrieval
-from mimic.data import Entity
-from mimic.fingerprint import file_fingerprint, model_fingerprints
+import mimic.kb.segment as segment_module
+import mimic.kb.store as store_module
+from mimic.data.readers import Entity
+from mimic.kb import compression, retrieval
+from mimic.kb.fingerprint import file_fingerprint, model_fingerprints
+from mimic.kb.search import Searcher
+from mimic.kb.store import KBStore, StoreError, encode_store, merge_shards
 from mimic.linker import Linker
-from mimic.matcher import Features, flatten_terms, select
-from mimic.model import MIMIC, MIMICConfig
-from mimic.search import Searcher
-from mimic.store import KBStore, StoreError, encode_store, merge_shards
+from mimic.model.matcher import Features, flatten_terms, select
+from mimic.model.mimic import MIMIC, MIMICConfig
 
 
 def _kb(dataset):
@@ -188,7 +188,7 @@ def test_shards_merge_into_the_same_store(tmp_path, synth_dataset, tiny_model, r
 
 
 def test_store_of_another_model_is_refused(reference_store, tiny_clip, tmp_path):
-    from mimic.synthetic import make_tiny_clip
+    from mimic.data.synthetic import make_tiny_clip
     store = KBStore.load(reference_store)
     other_weights = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=2)
     with pytest.raises(StoreError, match="encoded with another checkpoint"):
@@ -279,8 +279,8 @@ def test_encode_kb_never_replaces_a_folder_that_is_not_a_store(tmp_path, synth_d
 
 
 def test_save_model_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path, tiny_model):
-    from mimic.checkpoint import load_checkpoint, save_model
     from mimic.fileio import OutputError
+    from mimic.train.checkpoint import load_checkpoint, save_model
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "thesis.tex").write_text("chapter 1")
@@ -406,7 +406,7 @@ def write_format1(source: str, out: str):
 
 
 def test_format_1_stores_are_read_and_upgraded(reference_store, tmp_path, tiny_model, synth_dataset):
-    from mimic.kbedit import edit_store, upgrade_store
+    from mimic.kb.edit import edit_store, upgrade_store
     old = str(tmp_path / "v1")
     write_format1(reference_store, old)
     linkers = [Linker(tiny_model, KBStore.load(p)) for p in (reference_store, old)]
@@ -428,7 +428,7 @@ def test_format_1_stores_are_read_and_upgraded(reference_store, tmp_path, tiny_m
 
 def test_compacting_a_format_1_store_asks_for_kb_upgrade(reference_store, tmp_path, tiny_model):
     """Early format-1 manifests have no "precision": compact must still say what to do, not raise KeyError."""
-    from mimic.kbedit import compact_store
+    from mimic.kb.edit import compact_store
     old = str(tmp_path / "v1")
     write_format1(reference_store, old)
     with open(os.path.join(old, "manifest.json")) as f:

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mimic.data import Entity
-from mimic.fingerprint import file_fingerprint
-from mimic.kbedit import compact_store, edit_store
+from mimic.data.readers import Entity
+from mimic.kb.edit import compact_store, edit_store
+from mimic.kb.fingerprint import file_fingerprint
+from mimic.kb.store import KBStore, StoreError, encode_store
 from mimic.linker import Linker
-from mimic.store import KBStore, StoreError, encode_store
 
 # every call that changes the filesystem: a writer is killed just before the n-th of them
 MUTATORS = [(os, "replace"), (os, "rename"), (os, "link"), (os, "mkdir"), (os, "makedirs"), (os, "remove"),

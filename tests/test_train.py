@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from mimic.checkpoint import load_authors_checkpoint, load_checkpoint
-from mimic.data import load_config, subsample
-from mimic.evaluate import evaluate
-from mimic.model import MIMIC, MIMICConfig
-from mimic.train import train
+from mimic.data.readers import load_config, subsample
+from mimic.model.mimic import MIMIC, MIMICConfig
+from mimic.train.checkpoint import load_authors_checkpoint, load_checkpoint
+from mimic.train.evaluate import evaluate
+from mimic.train.trainer import train
 
 
 def _epoch_losses(run_dir, key="Train/loss_epoch"):

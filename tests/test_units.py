@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mimic.losses import mimic_loss
-from mimic.matcher import Matcher, select
+from mimic.model.losses import mimic_loss
+from mimic.model.matcher import Matcher, select
 from tests.conftest import random_features, randomize_
 from tests.reference import cmfu_side, dual_pair, matcher_pair, tglu_pair
 

@@ -7,9 +7,9 @@ one approximation the docstring names (a LayerNorm of an already normalised vect
 import pytest
 import torch
 
-from mimic.model import MIMIC, MIMICConfig
-from mimic.synthetic import make_tiny_clip
-from mimic.zeroshot import LOGIT_SCALE, blank_image_embedding, zero_shot_init
+from mimic.data.synthetic import make_tiny_clip
+from mimic.model.mimic import MIMIC, MIMICConfig
+from mimic.model.zeroshot import LOGIT_SCALE, blank_image_embedding, zero_shot_init
 
 EPS = 1e-5
 ATOL = 2e-3
@@ -119,7 +119,7 @@ def test_ranking_equals_the_ranking_by_the_stated_combination(zero_shot_model, s
 
 def test_zero_shot_layers_keep_a_gradient_path(zero_shot_model, synth_dataset):
     """Training starts from the initialisation: the layers the formulas zero still receive gradient."""
-    from mimic.losses import mimic_loss
+    from mimic.model.losses import mimic_loss
     m = zero_shot_model
     m.zero_grad()
     batch = m.processor([f"{e.name} [SEP] {e.attr}" for e in synth_dataset.entities[:6]],
@@ -146,8 +146,9 @@ def test_training_starts_from_the_zero_shot_initialisation(synth_config_path, ti
     """One epoch on the synthetic dataset from each initialisation (first-epoch losses in the closing note)."""
     import csv
     import glob
-    from mimic.data import load_config
-    from mimic.train import train
+
+    from mimic.data.readers import load_config
+    from mimic.train.trainer import train
     losses = {}
     for init in ("default", "zero-shot"):
         config = load_config(synth_config_path, [f"output_dir={tmp_path / init}", "trainer.max_epochs=1"])

@@ -110,7 +110,7 @@ class _Tracer:
 
 
 class TransformersCLIPTracer(_Tracer):
-    """The per-backbone part, for the transformers CLIP encoder (mimic/encoder.py's CLIPEncoder)."""
+    """The per-backbone part, for the transformers CLIP encoder (mimic/model/encoder.py's CLIPEncoder)."""
 
     def __init__(self, encoder):
         clip = encoder.clip
@@ -159,7 +159,7 @@ def _eager_self_attention(attention, record):
 
 
 class OpenCLIPTracer(_Tracer):
-    """The per-backbone part for open_clip models with open_clip's own towers (mimic/open_clip_encoder.py):
+    """The per-backbone part for open_clip models with open_clip's own towers (mimic/model/open_clip_encoder.py):
     their blocks call `nn.MultiheadAttention` without weights, so for the pass each one is given an
     explicit forward (`_eager_self_attention`)."""
 
@@ -187,8 +187,8 @@ class OpenCLIPTracer(_Tracer):
 
 def tracer_for(model):
     """The tracer of the model's encoder, or UnsupportedBackbone saying what is supported."""
-    from .encoder import CLIPEncoder
-    from .open_clip_encoder import OpenCLIPEncoder
+    from ..model.encoder import CLIPEncoder
+    from ..model.open_clip_encoder import OpenCLIPEncoder
     if isinstance(model.encoder, CLIPEncoder):
         return TransformersCLIPTracer(model.encoder)
     if isinstance(model.encoder, OpenCLIPEncoder) and not hasattr(model.encoder.clip.visual, "trunk"):

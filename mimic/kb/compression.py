@@ -47,7 +47,7 @@ PRECISIONS = {
     "float32": {},
 }
 DEFAULT_PRECISION = "compact"
-DERIVED = ("vdlu.e2m.q_norm",)  # recomputed from vdlu.e2m.q by the matcher (see mimic/search.py)
+DERIVED = ("vdlu.e2m.q_norm",)  # recomputed from vdlu.e2m.q by the matcher (see mimic/kb/search.py)
 FLOAT16_MAX = 65504.0
 
 

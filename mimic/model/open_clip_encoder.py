@@ -4,7 +4,7 @@ MODEL is an open_clip architecture (`open_clip.list_models()`: ViT-B-32, ViT-B-1
 SigLIP, ...), PRETRAINED one of its tags (`open_clip.list_pretrained_tags_by_model(MODEL)`: laion2b_s34b_b79k,
 openai, ...). Pretrained weights come from the Hugging Face Hub or its local cache, as open_clip fetches them.
 
-The four features keep their definitions (see mimic/encoder.py), computed by open_clip's own modules:
+The four features keep their definitions (see mimic/model/encoder.py), computed by open_clip's own modules:
 
     text:  the tokens (at most text_max_length, padded to the model's context length as open_clip does)
            -> embedding + positions -> transformer -> ln_final = T_L (the first text_max_length positions)
@@ -19,7 +19,7 @@ Refused, with the reason: ResNet and ConvNeXt image towers (no patch tokens in t
 pooled towers (CoCa), text towers from transformers (roberta, mt5, ...).
 
 Tokenizers: models on OpenAI's vocabulary (49,408 BPE tokens) use the one bundled with open_clip
-(mimic/tokenizer.py, no network); models that name a Hugging Face tokenizer (SigLIP, CLIPA, ...) load
+(mimic/model/tokenizer.py, no network); models that name a Hugging Face tokenizer (SigLIP, CLIPA, ...) load
 it as open_clip does, from the Hub or its local cache, and are refused clearly when it cannot be.
 Images: open_clip's own inference transform for the model (size, resize mode, interpolation, mean/std
 of the pretrained tag), after the library's safe `open_image`.

@@ -3,7 +3,7 @@
 An edit holds the store's writer lock, encodes only the new or changed entities (with the store's own
 model, checked by fingerprint), writes them as a new segment (terms, records, a small retrieval index
 of their own), extends the removal list (removed entities, and the old rows of updated ones) and
-publishes the next version in one atomic step (mimic/versions.py). Nothing that exists is rewritten:
+publishes the next version in one atomic step (mimic/kb/versions.py). Nothing that exists is rewritten:
 adding 100 entities to a million-entity store writes those 100, a removal list and a manifest.
 
 Positions: kept entities keep their order; added and updated ones follow, in the edit's order (an
@@ -25,13 +25,13 @@ import shutil
 
 import numpy as np
 
+from ..data.readers import read_json
+from ..fileio import atomic_file, make_dirs
+from ..model.processing import entity_text
 from . import retrieval, versions
 from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS, codec_of
-from .data import read_json
-from .entityimages import checked_image, label
-from .fileio import atomic_file, make_dirs
+from .entity_images import checked_image, label
 from .fingerprint import model_fingerprints
-from .processing import entity_text
 from .segment import Segment, SegmentWriter, write_records
 from .store import KBStore, StoreError, encode_terms, index_segment, measure_space, now, segment_name
 from .versions import DEFAULT_WAIT

@@ -1,7 +1,7 @@
 """Which CLIP runs inside MIMIC, named by one string (`--encoder`, `MIMIC_ENCODER`, MIMICConfig.encoder):
 
-    openai/clip-vit-base-patch32, another hub id, a local folder   transformers' CLIPModel   mimic/encoder.py
-    open_clip:MODEL/PRETRAINED  (open_clip:ViT-B-32/laion2b_s34b_b79k)   open_clip, pretrained  mimic/open_clip_encoder.py
+    openai/clip-vit-base-patch32, another hub id, a local folder   transformers' CLIPModel   mimic/model/encoder.py
+    open_clip:MODEL/PRETRAINED  (open_clip:ViT-B-32/laion2b_s34b_b79k)   open_clip, pretrained  mimic/model/open_clip_encoder.py
     open_clip:MODEL             (open_clip:ViT-B-32)                      open_clip, random weights
 
 Each family gives the CLIP module (pretrained, or its architecture at random), the encoder that reads

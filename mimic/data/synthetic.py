@@ -158,8 +158,8 @@ def make_dataset(folder: str, num_entities: int = 48, mentions_per_entity: int =
 def encoder_widths(encoder: str) -> dict:
     """The config's model widths for a CLIP: its own, or null (read from the model) where the authors' one
     key stands for two widths that differ in this CLIP (text embedding and text tokens)."""
-    from .backbones import is_open_clip
-    from .encoder import clip_config
+    from ..model.backbones import is_open_clip
+    from ..model.encoder import clip_config
     if is_open_clip(encoder):
         return {"input_hidden_dim": "null", "dt": "null", "input_image_hidden_dim": "null"}
     config = clip_config(encoder)

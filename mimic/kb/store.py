@@ -1,9 +1,9 @@
 """The pre-encoded KB: every entity encoded once, its entity-side unit terms precomputed, opened memory-mapped.
 
-A store is a folder of immutable segments and a manifest naming the current version (mimic/versions.py:
-the atomic switch, the writer lock). A segment (mimic/segment.py) holds coded terms (mimic/compression.py:
+A store is a folder of immutable segments and a manifest naming the current version (mimic/kb/versions.py:
+the atomic switch, the writer lock). A segment (mimic/kb/segment.py) holds coded terms (mimic/kb/compression.py:
 5.3 kB per entity at the default precision "compact"), entity records read on demand, and its retrieval
-index (mimic/retrieval.py), built once and saved. `KBStore.load` maps the current version's files and
+index (mimic/kb/retrieval.py), built once and saved. `KBStore.load` maps the current version's files and
 parses nothing per entity: a million entities open in 0.2 s, and a query reads the pages of the
 rows it touches. Entities have a position (`index`, 0..len-1, what `store.entities[i]` and the linker
 use) and a stable `id` (the QID, or the index the entity had when it was first encoded), which edits
@@ -32,15 +32,15 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.readers import entity_image_path
+from ..fileio import atomic_file, make_dirs, write_json
+from ..model.encoding import encode_batch
+from ..model.images import log_unusable
+from ..model.matcher import flatten_terms
+from ..model.processing import entity_text
 from . import compression, retrieval, versions
 from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS
-from .data import entity_image_path
-from .encoding import encode_batch
-from .entityimages import check_all_inside
-from .fileio import atomic_file, make_dirs, write_json
-from .images import log_unusable
-from .matcher import flatten_terms
-from .processing import entity_text
+from .entity_images import check_all_inside
 from .segment import SEGMENT_FILE, Segment, SegmentWriter, load_npy, read_spec, record_id, write_records
 from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError  # noqa: F401 (re-exported)
 

@@ -12,14 +12,14 @@ from .processing import Processor
 
 @dataclass
 class MIMICConfig:
-    encoder: str = DEFAULT_ENCODER  # the backbone (mimic/backbones.py): a CLIP hub id or folder, or open_clip:MODEL[/TAG]
+    encoder: str = DEFAULT_ENCODER  # the backbone (mimic/model/backbones.py): a CLIP hub id or folder, or open_clip:MODEL[/TAG]
     text_max_length: int = 40
     dv: int = 96
     tglu_dim: int = 96
     vdlu_dim: int = 96
     cmfu_dim: int = 96
     units: tuple = UNITS  # the units that make S (ablation: drop one)
-    image_mode: str = "default"  # "authors": their image pipeline, exactly (see mimic/images.py)
+    image_mode: str = "default"  # "authors": their image pipeline, exactly (see mimic/model/images.py)
     metadata: dict = field(default_factory=dict)  # free-form: training run, NIL threshold, ...
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ which leaves a dot product:
     E2M ≈ layer_norm(q_E) . h(q̄_E, mention)        (q̄_E: the KB's mean entity query)
     M2E ≈ h(q̄_M, entity) . layer_norm(q_M)         (q̄_M: the KB's mean key, standing in for a mention query)
 On the benchmark's 200,000 random entities the true top-10 of every query lies within the first 40
-of the exact proxy's ranking; mimic/search.py then finds the exact top-k among the candidates.
+of the exact proxy's ranking; mimic/kb/search.py then finds the exact top-k among the candidates.
 
 Index kinds (a segment's kind and parameters are in the store's manifest), each split into parts of
 at most PART_ROWS rows that are scanned on several threads:
@@ -37,8 +37,8 @@ import faiss
 import numpy as np
 import torch
 
+from ..fileio import OutputError
 from .compression import to_tensor
-from .fileio import OutputError
 
 FLAT_LIMIT = 200_000  # segments up to this size keep exhaustive 8-bit codes
 PART_ROWS = 262_144  # rows per index part: one thread scans one part

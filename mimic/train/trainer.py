@@ -22,14 +22,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import omegaconf_globals, load_authors_checkpoint, save_model
-from .data import Dataset, subsample
+from ..data.readers import Dataset, subsample
+from ..data.runconfig import apply_run_config
+from ..fileio import write_json
+from ..model.losses import mimic_loss
+from ..model.matcher import map_terms
+from ..model.processing import entity_text, mention_text
+from .checkpoint import load_authors_checkpoint, omegaconf_globals, save_model
 from .evaluate import encode_kb, metrics, ranks_of_gold, score_against_all
-from .fileio import write_json
-from .losses import mimic_loss
-from .matcher import map_terms
-from .processing import entity_text, mention_text
-from .runconfig import apply_run_config
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def train(model, config, resume: bool = False, progress: bool = True, allow_miss
     """Fit `model` on the config's dataset; returns paths of the best checkpoint and its test metrics.
     Refuses a dataset where more than half of a split's (or the KB's) images are missing, unless
     `allow_missing_images`."""
-    from .datacheck import refuse_missing_images
+    from ..data.check import refuse_missing_images
     apply_run_config(model, config)
     dataset = Dataset(config)
     refuse_missing_images(dataset, ["train", "dev"] + (["test"] if config.data.test_file else []),

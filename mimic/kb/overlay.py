@@ -12,11 +12,11 @@ the form "session:N", which no KB row has.
 """
 import torch
 
+from ..model.encoding import encode_batch
+from ..model.matcher import SCORE_FIELDS, cat_terms, flatten_terms, map_terms, select, unflatten_terms
+from ..model.processing import entity_text
+from ..query import QueryError, clean_text
 from .compression import DEFAULT_PRECISION, DERIVED, as_stored, complete, to_tensor
-from .encoding import encode_batch
-from .matcher import SCORE_FIELDS, cat_terms, flatten_terms, map_terms, select, unflatten_terms
-from .processing import entity_text
-from .query import QueryError, clean_text
 
 ID_PREFIX = "session:"
 MAX_NAME_CHARS = 200
@@ -43,7 +43,7 @@ def clean_entity_text(name, description) -> tuple:
 
 @torch.no_grad()
 def _as_stored(model, terms: dict, precision: str) -> dict:
-    """Round the terms as a store of `precision` keeps them (coded and decoded, `mimic/compression.py`),
+    """Round the terms as a store of `precision` keeps them (coded and decoded, `mimic/kb/compression.py`),
     back in float32, with what the store leaves out recomputed from the rounded values as search does."""
     flat = {name: to_tensor(as_stored(name, t.numpy(), precision))
             for name, t in flatten_terms(terms).items() if name not in DERIVED}

@@ -16,7 +16,7 @@ exceeds every remaining bound: the result is provably the set's top-k (ties brok
 - `--exact`: the set is the whole KB. Its small terms (tglu.t_g, tglu.cls, cmfu.f and the VDLU
   terms, 2.7 kB per entity at the default precision) are read from the memory map chunk by chunk;
   tglu.query is read only for the entities scored fully. Exactly the exhaustive top-k.
-- default: the set is the `candidates` best entities of the retrieval index (mimic/retrieval.py).
+- default: the set is the `candidates` best entities of the retrieval index (mimic/kb/retrieval.py).
   The answer is the exhaustive top-k whenever that lies among the candidates; benchmarks/scale.py
   measures how often (every one of 200 queries at 110,000 and 1,000,000 entities, see the README).
 """
@@ -25,8 +25,8 @@ import math
 import numpy as np
 import torch
 
+from ..model.matcher import Matcher, Scores, flatten_terms, unflatten_terms
 from .compression import complete, to_tensor
-from .matcher import Matcher, Scores, flatten_terms, unflatten_terms
 from .retrieval import VECTOR_TERMS, Retriever, Space, build_in_memory, unit_weights
 
 BOUND_MARGIN = 1e-4  # absolute slack on the stopping rule, far above float32 rounding of the scores

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from .data import SPLIT_KEYS, DataError, Dataset, check_num_entity, read_mentions, split_files
-from .images import inspect_image
+from ..model.images import inspect_image
+from .readers import SPLIT_KEYS, DataError, Dataset, check_num_entity, read_mentions, split_files
 
 IMAGE_COUNTS = ("missing", "unreadable", "non_rgb", "rotated", "over_cap", "modes_differ")
 REFUSE_MISSING_SHARE = 0.5

@@ -8,12 +8,12 @@
                                   widths of the encoder's outputs: must be those of the loaded encoder
                                   (read from the model, whatever backbone it is); null: not checked
     model.hidden_dim              read by nothing, here as in the authors' code
-    data.num_entity               must be the KB's size (mimic.data.check_num_entity)
+    data.num_entity               must be the KB's size (mimic.data.readers.check_num_entity)
     data.eval_chunk_size          entities scored at once in evaluation: honoured
 """
 import logging
 
-from .data import DataError
+from .readers import DataError
 
 log = logging.getLogger(__name__)
 

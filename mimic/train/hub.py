@@ -22,8 +22,8 @@ import tempfile
 
 import yaml
 
+from ..fileio import write_json
 from .checkpoint import CONFIG, CheckpointError, load_checkpoint, save_model
-from .fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ def _number(value):
 
 def _base_model(encoder: str):
     """The Hub id of the CLIP a backbone starts from, or None (a local folder, random weights)."""
-    from .backbones import is_open_clip
+    from ..model.backbones import is_open_clip
     if is_open_clip(encoder):
-        from .open_clip_encoder import parse_spec
+        from ..model.open_clip_encoder import parse_spec
         name, tag = parse_spec(encoder)
         if not tag:
             return None
@@ -153,7 +153,7 @@ def _base_model(encoder: str):
 
 
 def _describe_backbone(encoder: str, base_model: str) -> str:
-    from .backbones import has_pretrained_weights, is_open_clip
+    from ..model.backbones import has_pretrained_weights, is_open_clip
     if is_open_clip(encoder):
         weights = f"pretrained weights of {base_model}" if base_model else (
             "pretrained weights" if has_pretrained_weights(encoder) else "trained from random weights")

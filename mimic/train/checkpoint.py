@@ -8,7 +8,7 @@ Own format, a folder:
     the tokenizer and the image settings, so that the folder loads with no hub and no encoder folder
 
 A checkpoint runs on the backbone it was trained on: asking for another (`encoder=`) is refused
-(mimic/backbones.py, `same_backbone`).
+(mimic/model/backbones.py, `same_backbone`).
 
 Authors' format: a PyTorch Lightning checkpoint whose `state_dict` holds `encoder.clip.*`,
 `encoder.image_*_fc.*` and `matcher.*`; `hyper_parameters` is an OmegaConf DictConfig. It is read with
@@ -26,10 +26,18 @@ import zipfile
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from .backbones import architecture, from_architecture, is_open_clip, load_backbone, make_processor, same_backbone
-from .encoder import DEFAULT_ENCODER
-from .fileio import atomic_folder, write_json
-from .model import MIMIC, MIMICConfig
+
+from ..fileio import atomic_folder, write_json
+from ..model.backbones import (
+    architecture,
+    from_architecture,
+    is_open_clip,
+    load_backbone,
+    make_processor,
+    same_backbone,
+)
+from ..model.encoder import DEFAULT_ENCODER
+from ..model.mimic import MIMIC, MIMICConfig
 
 FORMAT = "mimic-el"
 VERSION = 1
@@ -230,7 +238,7 @@ def _nil_sidecar(path: str) -> str:
 def check_nil_rule(rule, source: str) -> dict:
     """A NIL rule as `calibrate-nil` stores it ({"feature": "score" or "margin", "threshold": number, ...}),
     or CheckpointError naming `source`."""
-    from .nil import FEATURES
+    from ..nil import FEATURES
     if not isinstance(rule, dict):
         raise CheckpointError(f"{source}: expected a JSON object with \"feature\" and \"threshold\"; run "
                               "calibrate-nil again")

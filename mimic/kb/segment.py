@@ -2,13 +2,13 @@
 
 A segment is a folder that never changes after its store version is published:
     segment.json           count, and each term's codec and per-entity shape
-    terms/<file>.npy       the coded terms, first axis = row (see mimic/compression.py)
+    terms/<file>.npy       the coded terms, first axis = row (see mimic/kb/compression.py)
     entities.jsonl         one JSON object a line: {"id", "qid", "name", "description", "image"}
     entities.offsets.npy   int64 [count + 1]: where each line starts (records are read on demand)
     ids.hash.npy, ids.row.npy
                            sorted 64-bit hashes of the ids and their rows: an id is found without
                            reading the records (what `kb update/remove` need on a large store)
-    index.<i>.faiss        the retrieval index of these rows, in parts (mimic/retrieval.py), when there is one
+    index.<i>.faiss        the retrieval index of these rows, in parts (mimic/kb/retrieval.py), when there is one
 
 Everything is opened memory-mapped: opening costs the page table, not the data; a query reads the
 pages of the rows it touches. Records are parsed when asked for, one line at a time.
@@ -22,9 +22,9 @@ import threading
 
 import numpy as np
 
+from ..fileio import atomic_file, explain, make_dirs, reserve, write_json
 from . import compression
 from .versions import StoreError
-from .fileio import atomic_file, explain, make_dirs, reserve, write_json
 
 SEGMENT_FILE = "segment.json"
 RECORDS, OFFSETS = "entities.jsonl", "entities.offsets.npy"

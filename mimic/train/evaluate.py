@@ -10,10 +10,10 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from .data import Dataset
-from .encoding import encode_all
-from .matcher import Matcher, select
-from .processing import entity_text, mention_text
+from ..data.readers import Dataset
+from ..model.encoding import encode_all
+from ..model.matcher import Matcher, select
+from ..model.processing import entity_text, mention_text
 
 log = logging.getLogger(__name__)
 HITS = (1, 3, 5, 10, 20)

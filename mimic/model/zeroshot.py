@@ -15,7 +15,7 @@ cosine times 1 − O(ε / var) ≈ 0.995, the same for every pair to within 3e-4
 semi-orthogonal matrices (orthonormal rows or columns from a seeded QR: near-isometric projections to
 the 96-d unit space), and n(t) = γ_T · LayerNorm(t) is the text input norm's output.
 
-Derivation, unit by unit, from the formulas in mimic/tglu.py, vdlu.py, cmfu.py:
+Derivation, unit by unit, from the formulas in mimic/model/tglu.py, vdlu.py, cmfu.py:
 
 * TGLU. `fc_cls = 0` makes u_E = 0, so G2L = 0 and S_T = G2G / 2 = n(t_E) · n(t_M) / 2. With the
   text-embedding LayerNorm at weight γ_T = sqrt(2λ / D) (D = 512) and bias 0, n(t_E)·n(t_M) =

@@ -6,7 +6,7 @@ otherwise any readable file (a private key...) could be copied into a store and 
 """
 import os
 
-from .images import ImageError, open_image
+from ..model.images import ImageError, open_image
 from .versions import StoreError
 
 

@@ -12,7 +12,7 @@ embedding and the tokens, and the four widths come from the model. `text_blocks`
 are each tower's transformer layers, in order, for methods that need their attention (relevance maps).
 
 This file holds the transformers family (`openai/clip-vit-base-patch32`, another hub id, or a local
-folder); `mimic/open_clip_encoder.py` the open_clip one; `mimic/backbones.py` picks by name.
+folder); `mimic/model/open_clip_encoder.py` the open_clip one; `mimic/model/backbones.py` picks by name.
 """
 import json
 import os
@@ -26,7 +26,7 @@ from transformers.utils import logging as transformers_logging
 from .matcher import Features
 
 DEFAULT_ENCODER = "openai/clip-vit-base-patch32"
-OPEN_CLIP = "open_clip:"  # the prefix of an open_clip backbone's name (mimic/backbones.py)
+OPEN_CLIP = "open_clip:"  # the prefix of an open_clip backbone's name (mimic/model/backbones.py)
 _BUNDLED_CONFIGS = {DEFAULT_ENCODER: Path(__file__).with_name("clip_vit_b32.json")}
 
 

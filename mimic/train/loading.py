@@ -1,11 +1,11 @@
 """The model a user asks for: a trained checkpoint, or the pretrained CLIP with an initialisation."""
 import torch
 
+from ..model.encoder import DEFAULT_ENCODER
+from ..model.encoding import default_device
+from ..model.mimic import MIMIC, MIMICConfig
 from .checkpoint import load_checkpoint
-from .encoder import DEFAULT_ENCODER
-from .encoding import default_device
 from .hub import resolve_checkpoint
-from .model import MIMIC, MIMICConfig
 
 INITS = ("zero-shot", "random")
 
@@ -28,7 +28,7 @@ def load_model(checkpoint: str = None, encoder: str = None, init: str = None, de
         model = MIMIC.from_encoder(MIMICConfig(encoder=encoder or DEFAULT_ENCODER, **(sizes or {})),
                                    pretrained=pretrained, local_files_only=local_files_only, seed=seed)
         if init == "zero-shot":
-            from .zeroshot import zero_shot_init
+            from ..model.zeroshot import zero_shot_init
             zero_shot_init(model)
         model.config.metadata = {**model.config.metadata, "init": init, "seed": seed}
     if image_mode:

@@ -2,7 +2,7 @@
 
 A store folder (format 2):
     manifest.json      the current version: its segments, its removal list, fingerprints, counts
-    segments/<name>/   immutable segments (mimic/segment.py), shared by the versions that list them
+    segments/<name>/   immutable segments (mimic/kb/segment.py), shared by the versions that list them
     removed/<name>.npy the rows a version has removed (sorted int64, rows counted across its segments)
     images/            pictures copied in by `kb add/update`, named by their content
     .mimic-el-kb       marks the folder as a store from its first moment (see `check_target`)
@@ -27,7 +27,7 @@ import shutil
 
 import filelock
 
-from .fileio import OutputError, make_dirs, refuse_foreign, write_json
+from ..fileio import OutputError, make_dirs, refuse_foreign, write_json
 
 FORMAT, WORK_FORMAT = "mimic-el-kb", "mimic-el-kb-partial"
 VERSION = 2  # format 1: terms/*.npy at the top of the folder (read, and converted by `kb upgrade`)

@@ -1,0 +1,1 @@
+"""Datasets: readers of the authors' layout, `data check`, run configs, synthetic data."""

@@ -1,0 +1,1 @@
+"""Evidence: relevance maps, the deletion test, heatmap overlays."""

@@ -1,0 +1,1 @@
+"""The KB store: segments, versions, compression, the retrieval index, search, edits, the session overlay."""
