@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mimic import cli
+from mimic.cli.common import load_model as cli_load_model
 from mimic.data.readers import DataError, Dataset, load_config, read_kb, read_mentions
 from mimic.data.runconfig import apply_run_config
 from mimic.data.synthetic import make_dataset
@@ -179,7 +180,7 @@ def test_config_sizes_build_a_new_model_and_text_length_is_honoured(synth_config
                                              "model.CMFU_hidden_dim=48", "model.dv=80", "data.text_max_length=24"])
     args = cli.build_parser().parse_args(["evaluate", "--config", synth_config_path, "--init", "random",
                                           "--device", "cpu"])
-    model = cli.load_model(args, config)
+    model = cli_load_model(args, config)
     assert model.matcher.tglu.fc_query.out_features == 64 and model.matcher.vdlu.dual_men2ent.fc.out_features == 32
     assert model.matcher.cmfu.gate_layer_norm.normalized_shape == (48,) and model.encoder.image_cls_fc.out_features == 80
     assert model.processor.tokenize(["a [SEP] b"])["input_ids"].shape == (1, 24)
