@@ -8,7 +8,8 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from demo.ui import MAX_UPLOAD, SESSION_STATES, build_app  # noqa: E402
+from demo.inputs import MAX_UPLOAD  # noqa: E402
+from demo.layout import SESSION_STATES, build_app  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -52,8 +52,8 @@ def test_a_config_json_without_its_sections_is_named(tiny_model, tmp_path, edit,
 @pytest.mark.parametrize("damage", ["nil.json", "config.json"])
 def test_the_demo_runs_zero_shot_on_a_damaged_checkpoint_and_says_why(tiny_model, tiny_clip, tmp_path, monkeypatch,
                                                                       damage):
+    from demo.handlers import DemoApp
     from demo.models import load_demo_model
-    from demo.ui import DemoApp
     if damage == "nil.json":
         checkpoint = authors_checkpoint(tiny_model, str(tmp_path / "run.ckpt"))
         (tmp_path / "run.ckpt.nil.json").write_text("{oops")

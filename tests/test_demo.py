@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from demo import heatmap, plots
+from demo.handlers import DemoApp, verdict_markdown
+from demo.inputs import describe_mention, occurrences
 from demo.kb import DemoKB
+from demo.layout import DELETE_CACHE, build_app
 from demo.models import LoadedModel, weights_fingerprint
 from demo.safe_text import markdown_literal, without_paths
 from demo.sessions import SessionEntities
-from demo.ui import DELETE_CACHE, DemoApp, build_app, describe_mention, occurrences, verdict_markdown
 from mimic.kb.overlay import OverlayFull
 from mimic.linker import QueryError
 from tests.conftest import EXAMPLE_IMAGE, ROOT

@@ -70,10 +70,10 @@ def test_explain_api_refuses_hostile_input_plainly(app_server, sentence, entity,
 
 def test_under_zero_shot_the_panel_shows_relevance_and_says_why_attention_is_not_drawn(tiny_clip, tmp_path,
                                                                                        monkeypatch):
+    from demo.handlers import DemoApp
     from demo.kb import DemoKB
     from demo.models import LoadedModel
     from demo.sessions import compact_picture
-    from demo.ui import DemoApp
     from mimic.model.images import open_image
     from mimic.model.mimic import MIMIC, MIMICConfig
     from mimic.model.zeroshot import zero_shot_init
@@ -104,16 +104,16 @@ def test_on_a_backbone_without_relevance_maps_the_panel_explains_once_and_says_s
                                                                                   monkeypatch):
     import gradio as gr
 
+    from demo.handlers import DemoApp
     from demo.kb import DemoKB
     from demo.models import LoadedModel
-    from demo.ui import DemoApp
     from mimic.explain.relevance import UnsupportedBackbone
     from mimic.linker import Linker
     from mimic.model.mimic import MIMIC, MIMICConfig
 
     def refuse(model):
         raise UnsupportedBackbone("this model's image tower is a timm model (test)")
-    monkeypatch.setattr("demo.ui.tracer_for", refuse)  # what the app decides at start
+    monkeypatch.setattr("demo.handlers.tracer_for", refuse)  # what the app decides at start
     monkeypatch.setattr("mimic.explain.relevance.tracer_for", refuse)  # what /explain runs into
     monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))
     loaded = LoadedModel(MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=1).eval(), "stand-in")

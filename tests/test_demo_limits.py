@@ -177,7 +177,7 @@ def test_no_answer_carries_a_server_path(app_server, tiny_clip):
 def test_an_unexpected_error_reaches_a_visitor_as_one_sentence_and_the_log_keeps_it(caplog):
     import gradio as gr
 
-    from demo.ui import visitor_errors
+    from demo.handlers import visitor_errors
     from mimic.linker import QueryError
     with pytest.raises(gr.Error) as refused, visitor_errors("It failed.", QueryError, logged="/x failed"):
         raise QueryError("The mention is empty.")

@@ -164,7 +164,7 @@ def test_fuzz_query_checks_never_crash(sentence, mention):
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=120), st.text(max_size=20), st.integers(-2, 5))
 def test_fuzz_mention_highlight_never_crashes(sentence, mention, chosen):
-    from demo.ui import describe_mention
+    from demo.inputs import describe_mention
     highlighted, _ = describe_mention(sentence, mention, chosen)
     assert "".join(t for t, _ in highlighted if _ != "problem") in (sentence, "")
 

@@ -1,0 +1,270 @@
+"""What the page and the API do: link, explain, add an entity for the session; every error a visitor may
+see is said plainly (never a traceback), and nothing a visitor does reaches another visitor."""
+import contextlib
+import logging
+
+import gradio as gr
+
+from mimic.explain.relevance import UnsupportedBackbone, tracer_for
+from mimic.linker import Query, QueryError, check_query
+from mimic.model.images import ImageError, open_image
+from mimic.model.processing import mention_text
+
+from . import heatmap, plots
+from .inputs import check_inputs, uploaded_image
+from .kb import NO_IMAGE, DemoKB, compact_picture
+from .models import load_demo_model
+from .safe_text import markdown_literal
+from .sessions import SessionEntities, open_picture
+
+log = logging.getLogger(__name__)
+
+LINK_FAILED = "Something went wrong while linking; the details are in the server log."
+
+
+@contextlib.contextmanager
+def visitor_errors(failure: str, expected=(), logged: str = ""):
+    """What a visitor sees of an error: a refusal (gr.Error) or an `expected` error as its own message; any
+    other error only as `failure`, its traceback kept in the server log under `logged`."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except expected as e:
+        raise gr.Error(str(e))
+    except Exception:
+        log.exception(logged)
+        raise gr.Error(failure)
+
+SESSION_MARK = " (added in this session)"
+UNIT_NAMES = {"s": "S", "s_t": "S_T", "s_v": "S_V", "s_c": "S_C"}
+
+def _description(text: str, limit: int = 140) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def candidate_key(row: dict):
+    """What "Inspect candidate" holds for a row: the KB index, or the id of a session entity."""
+    return row["index"] if row.get("index") is not None else row["id"]
+
+
+def verdict_markdown(result: dict) -> str:
+    rows = result["results"]
+    if result["nil"]:
+        return ("### ∅ No matching entity in the KB\nThe best score is below the NIL threshold calibrated "
+                "for this checkpoint; the closest entities are listed anyway.")
+    if not rows:
+        return ""
+    top = rows[0]
+    where = SESSION_MARK if top.get("session") else (
+        f" ({markdown_literal(top['qid'])})" if top.get("qid") else "")
+    return f"### → {markdown_literal(top['name'])}{where}"
+
+def _session(request) -> str:
+    """Gradio's session hash: one browser tab, or one gradio_client Client."""
+    return getattr(request, "session_hash", None)
+
+
+class DemoApp:
+    def __init__(self, loaded=None, kb: DemoKB = None, sessions: SessionEntities = None):
+        self.loaded = loaded or load_demo_model()
+        self.kb = (kb or DemoKB(self.loaded)).start()
+        self.sessions = sessions or SessionEntities()
+        # relevance maps depend only on the model's encoder: decided once, not tried again on each request
+        try:
+            tracer_for(self.loaded.model)
+            self.no_relevance = None
+        except UnsupportedBackbone as e:
+            self.no_relevance = f"Relevance maps are not available here: {e}."
+
+    # -- status -----------------------------------------------------------------------------------
+    def status_markdown(self) -> str:
+        lines = [f"**Model:** {self.loaded.description}"]
+        lines += [f"⚠️ **{w}**" for w in self.loaded.warnings]
+        lines.append(f"**Knowledge base:** {self.kb.status}")
+        return "\n\n".join(lines)
+
+    def _linker(self):
+        if self.kb.error:
+            raise gr.Error(self.kb.error)
+        if not self.kb.ready:
+            raise gr.Error(f"{self.kb.status} Please try again in a few seconds.")
+        self.kb.linker.refresh()  # a `kb add/update/remove` on the served store shows up at once
+        return self.kb.linker
+
+    # -- linking ----------------------------------------------------------------------------------
+    def _query(self, sentence, mention, image_path, top_k, request):
+        """Checked inputs -> (result, upright image or None, the mention's terms, the session's overlay);
+        every problem as a gr.Error."""
+        check_inputs(sentence=sentence, mention=mention, top_k=top_k)
+        linker = self._linker()
+        image = uploaded_image(image_path)
+        overlay = self.sessions.overlay(_session(request))
+        try:
+            sentence, mention = check_query(sentence, mention)
+            terms = linker.mention_terms([Query(sentence, mention, image)])
+            result = linker.link_terms(terms, int(top_k), extra=overlay)
+        except QueryError as e:
+            raise gr.Error(str(e))
+        return result, image, terms, overlay
+
+    def api_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
+        """/link: the ranked entities with every unit score (the `link` command's fields)."""
+        with visitor_errors(LINK_FAILED, logged="/link failed"):
+            result, _, _, _ = self._query(sentence, mention, image_path, top_k, request)
+        return {"sentence": sentence, "mention": mention, "model": self.loaded.description,
+                "zero_shot": self.loaded.zero_shot, **result}
+
+    def _entity(self, key, overlay) -> dict:
+        """The record of a KB index or a session entity id."""
+        return self.kb.linker.entity_record(key, overlay)[1]
+
+    def _thumbnail(self, record: dict) -> str:
+        return record.get("thumbnail", NO_IMAGE) if record.get("session") else self.kb.thumbnail(record)
+
+    def ui_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
+        with visitor_errors(LINK_FAILED, logged="linking failed"):
+            result, image, terms, overlay = self._query(sentence, mention, image_path, top_k, request)
+            rows = result["results"]
+            records = [self._entity(candidate_key(r), overlay) for r in rows]
+        table = [[r["rank"], self._thumbnail(meta), r["name"] + (SESSION_MARK if r.get("session") else ""),
+                  _description(meta.get("description", "")), round(r["score"], 3)] for r, meta in zip(rows, records)]
+        choices = [(f"{r['rank']}. {r['name']}", candidate_key(r)) for r in rows]
+        # what explain needs: the encoded mention, and its picture shrunk (never the upload or its path)
+        state = {"sentence": sentence, "mention": mention, "rows": rows, "terms": terms,
+                 "picture": compact_picture(image) if image is not None else None}
+        chosen = candidate_key(rows[0]) if rows else None
+        return (table, plots.score_chart(rows), gr.update(choices=choices, value=chosen), state,
+                verdict_markdown(result))
+
+    def add_entity(self, name, description, image_path, request: gr.Request = None):
+        """/add_entity: encode a new entity for this session only; it is linkable at once in this session."""
+        check_inputs(name=name, description=description)
+        linker = self._linker()
+        image = uploaded_image(image_path)
+        precision = linker.store.manifest.get("precision", "mixed")  # the session's terms rounded like the KB's
+        # QueryError: a limit, or an empty name
+        with visitor_errors("The entity could not be added; the details are in the server log.", QueryError,
+                            logged="adding an entity failed"):
+            record = self.sessions.add(_session(request), self.loaded.model, precision, name, description, image)
+        count, limit = len(self.sessions.overlay(_session(request))), self.sessions.per_session
+        message = (f"Added “{record['name']}” for this session ({count} of {limit}): it can be linked right away, "
+                   "by you only, until you close the page.")
+        return {"added": {k: record[k] for k in ("id", "name", "description", "has_image")}, "count": count,
+                "limit": limit, "message": message}
+
+    def end_session(self, request: gr.Request = None):
+        """The page was closed (or the client went away): forget the session's entities."""
+        self.sessions.end(_session(request))
+
+    def select_row(self, state, evt: gr.SelectData):
+        rows = (state or {}).get("rows") or []
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not rows or not isinstance(row, int) or not 0 <= row < len(rows):
+            return gr.update()
+        return gr.update(value=candidate_key(rows[row]))
+
+    def ui_explain(self, state, entity_key, patch_unit="s", word_unit="s", request: gr.Request = None):
+        """The evidence for the selected candidate (a KB entity or one of the session's): the relevance of
+        each patch of both pictures and of each word, and, with a trained checkpoint, CMFU's α and TGLU's
+        token attention. -> the panel's updates, then the explanation kept to redraw another unit."""
+        hidden = gr.update(visible=False)
+        if not state or entity_key is None:
+            return (*[hidden] * 6, gr.update(value="", visible=False), None)
+        overlay = self.sessions.overlay(_session(request))
+        linker, notes = self.kb.linker, []
+        with visitor_errors("Could not explain this candidate; the details are in the server log.",
+                            (QueryError, ImageError), logged="explanation failed"):
+            image = open_picture(state["picture"]) if state.get("picture") else None
+            sentence, mention = check_query(state["sentence"], state["mention"])
+            out = linker.explain(sentence, mention, image, entity_key, state.get("terms"), extra=overlay,
+                                 relevance=self.no_relevance is None)
+            if self.no_relevance:
+                notes.append(self.no_relevance)
+            meta = self._entity(entity_key, overlay)
+        entity_image = self._entity_picture(meta)
+        explanation = {"name": meta["name"], "text": mention_text(mention, sentence),
+                       "max_tokens": linker.model.processor.max_length, "mention_picture": state.get("picture"),
+                       "entity_picture": compact_picture(entity_image) if entity_image is not None else None,
+                       **{k: out[k] for k in ("mention_relevance", "entity_relevance", "token_relevance") if k in out}}
+        if image is None:
+            notes.append("The mention has no image: the model sees all-zero pixels.")
+        if entity_image is None:
+            notes.append(f"{markdown_literal(meta['name'])} has no image.")
+        if self.loaded.zero_shot:  # α and the token attention carry nothing then
+            notes.append("Under the zero-shot initialisation the CMFU patch attention α is uniform and the TGLU "
+                         "token attention is untrained (G2L does not enter the score): they are not drawn. The "
+                         "relevance maps hold under any initialisation.")
+            attention = [hidden] * 3
+        else:
+            attention = [self._alpha(image, out["mention_alpha"], "Mention image"),
+                         self._alpha(entity_image, out["entity_alpha"], meta["name"]),
+                         gr.update(value=plots.token_attention(out["attention"], out["entity_tokens"],
+                                                               out["mention_tokens"], meta["name"]), visible=True)]
+        return (*self.patch_relevance(explanation, patch_unit), self.word_relevance(explanation, word_unit),
+                *attention, gr.update(value=" ".join(notes), visible=bool(notes)), explanation)
+
+    @staticmethod
+    def _alpha(picture, alpha, label: str):
+        if picture is None:
+            return gr.update(value=heatmap.blank(), visible=True, label=f"{label}: no image (zeros)")
+        return gr.update(value=heatmap.overlay(picture, alpha.tolist()), visible=True,
+                         label=f"{label}: CMFU patch attention α (where CMFU pooled)")
+
+    @staticmethod
+    def patch_relevance(explanation, unit):
+        """The relevance maps of both pictures for one unit ("s", "s_v" or "s_c")."""
+        if not explanation or "mention_relevance" not in explanation:
+            return gr.update(visible=False), gr.update(visible=False)
+        unit = unit if unit in UNIT_NAMES else "s"
+        updates = []
+        for side, label in (("mention", "Mention image"), ("entity", explanation["name"])):
+            grids, picture = explanation[f"{side}_relevance"], explanation[f"{side}_picture"]
+            if grids is None or picture is None:
+                updates.append(gr.update(value=heatmap.blank(), visible=True, label=f"{label}: no image"))
+            else:
+                updates.append(gr.update(value=heatmap.overlay_grid(open_picture(picture), grids[unit]),
+                                         visible=True, label=f"{label}: relevance for {UNIT_NAMES[unit]}"))
+        return tuple(updates)
+
+    @staticmethod
+    def word_relevance(explanation, unit):
+        """The words the model read, coloured by their relevance for one unit ("s" or "s_t")."""
+        if not explanation or "token_relevance" not in explanation:
+            return gr.update(visible=False)
+        unit = unit if unit in ("s", "s_t") else "s"
+        words = explanation["token_relevance"]
+        return gr.update(value=heatmap.word_highlights(explanation["text"], words["tokens"], words[unit]),
+                         visible=True, label=f"Words: relevance for {UNIT_NAMES[unit]} (the model reads the mention, "
+                                             f"[SEP], then the sentence: {explanation['max_tokens']} tokens at most)")
+
+    def api_explain(self, sentence, mention, image_path, entity, request: gr.Request = None):
+        """/explain: the evidence for one (mention, entity) pair, as Linker.explain returns it."""
+        check_inputs(sentence=sentence, mention=mention, entity=entity)
+        if entity is None or not str(entity).strip():
+            raise gr.Error("Please give the entity: its \"index\" in /link's results, or the \"id\" of an entity "
+                           "added in this session.")
+        linker = self._linker()
+        image = uploaded_image(image_path)
+        overlay = self.sessions.overlay(_session(request))
+        key = entity.strip()  # a session entity's id, else a KB index (checked as Linker.explain checks it)
+        with visitor_errors("Something went wrong while explaining; the details are in the server log.",
+                            (QueryError, UnsupportedBackbone), logged="/explain failed"):
+            out = linker.explain(sentence, mention, image, key, extra=overlay)
+            index, meta = linker.entity_record(key, overlay)
+        record = {"index": index, "id": meta.get("id"), "qid": meta.get("qid"),
+                  "name": meta.get("name"), "session": bool(meta.get("session"))}
+        return {"sentence": sentence, "mention": mention, "entity": record, "model": self.loaded.description,
+                "zero_shot": self.loaded.zero_shot,
+                **{k: v.tolist() if hasattr(v, "tolist") else v for k, v in out.items()}}
+
+    @staticmethod
+    def _entity_picture(meta: dict):
+        if meta.get("picture"):
+            return open_picture(meta["picture"])
+        if meta.get("image"):
+            try:
+                return open_image(meta["image"])
+            except ImageError:
+                return None
+        return None

@@ -1,0 +1,196 @@
+"""The page: its layout, and which handler each event runs (demo/handlers.py), with the APIs it publishes
+(/link, /explain, /add_entity)."""
+import json
+import os
+
+import gradio as gr
+
+from mimic.kb.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
+
+from .handlers import DemoApp
+from .inputs import (
+    MAX_ENTITY_CHARS,
+    MAX_MENTION_CHARS,
+    MAX_OCCURRENCES,
+    MAX_SENTENCE_CHARS,
+    MAX_TOP_K,
+    ImageFile,
+    TopK,
+    describe_mention,
+    input_validator,
+)
+from .kb import DEMO_KB
+from .safe_text import markdown_literal
+from .sessions import PER_SESSION
+
+TABLE_HEADERS = ["Rank", "Image", "Entity", "Description", "S"]
+DELETE_CACHE = (600, 3600)  # Gradio's temporary files: every 10 minutes, remove those older than an hour
+# Gradio keeps each browser session's state (the last linked mention, its explanation: about 0.2 MB) for
+# this many sessions, dropping the oldest beyond: bounded memory (its own default, 10,000, is about 2 GB)
+SESSION_STATES = 2000
+PATCH_UNITS = [("S (overall)", "s"), ("S_V (vision)", "s_v"), ("S_C (cross-modal)", "s_c")]  # S_T reads no image
+WORD_UNITS = [("S (overall)", "s"), ("S_T (text)", "s_t")]
+INTRO = """# 🔗 MIMIC entity linking
+Type a sentence, mark the **mention** (the words that name something), optionally add an image, and press
+**Link**. MIMIC ranks the entities of a small demo knowledge base and shows its evidence: the text unit
+**S_T**, the vision unit **S_V**, the cross-modal unit **S_C** and their mean **S**, where it looked in
+the images, and which words it matched. Click a ranked entity to inspect it."""
+
+
+def _examples():
+    path = os.path.join(DEMO_KB, "examples.json")
+    with open(path, encoding="utf-8") as f:
+        examples = json.load(f)
+    rows = [[e["sentence"], e["mention"], os.path.join(DEMO_KB, e["image"]) if e.get("image") else None, 5]
+            for e in examples]
+    labels = [e.get("note", "")[:80] or e["sentence"][:80] for e in examples]
+    return rows, labels
+
+
+def build_app(app: DemoApp = None) -> gr.Blocks:
+    app = app or DemoApp()
+    # Gradio keeps uploads in its temporary folder: files older than an hour go, checked every 10 minutes
+    # (the app keeps no upload: the pictures it needs are decoded and shrunk into the session's state).
+    with gr.Blocks(title="MIMIC entity linking", delete_cache=DELETE_CACHE) as page:
+        gr.Markdown(INTRO)
+        status = gr.Markdown(app.status_markdown(), elem_id="status")
+        timer = gr.Timer(1.0, active=not app.kb.ready)
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=2):
+                sentence = gr.Textbox(label="Sentence", lines=3, max_length=MAX_SENTENCE_CHARS,
+                                      placeholder="e.g. Hopper painted Nighthawks in 1942.")
+                mention = gr.Textbox(label="Mention", placeholder="e.g. Hopper", max_length=MAX_MENTION_CHARS)
+                occurrence = gr.Radio(label="Which occurrence? (MIMIC reads the mention's words and the whole "
+                                            "sentence; the position only changes the highlight; the first "
+                                            f"{MAX_OCCURRENCES} are listed)",
+                                      choices=[], type="value", visible=False)
+                highlight = gr.HighlightedText(label="Mention in context", color_map={"mention": "#fbbf24",
+                                                                                      "problem": "#f87171"},
+                                               show_legend=False, combine_adjacent=False)
+                image = ImageFile(label="Image", type="filepath", image_mode=None,
+                                  sources=["upload", "clipboard", "webcam"], height=240)
+                top_k = TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5)
+                link = gr.Button("Link", variant="primary")
+            with gr.Column(scale=3):
+                table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "html", "str", "str", "number"],
+                                     label="Ranked entities (click a row to inspect it)", interactive=False,
+                                     wrap=True, elem_id="ranked", column_widths=["8%", "14%", "22%", "44%", "12%"])
+                verdict = gr.Markdown(elem_id="verdict")
+                chart = gr.Plot(label="Unit scores", elem_id="scores")
+        with gr.Row():
+            candidate = gr.Dropdown(label="Inspect candidate", choices=[], interactive=True, elem_id="candidate")
+        explanation = gr.State(None)
+        gr.Markdown(RELEVANCE_HELP)
+        patch_unit = gr.Radio(PATCH_UNITS, value="s", label="Patch relevance for (S_T reads no image)",
+                              elem_id="patch-unit")
+        with gr.Row():
+            mention_relevance = gr.Image(label="Mention image: relevance", visible=False, interactive=False,
+                                         elem_id="mention-relevance", height=300)
+            entity_relevance = gr.Image(label="Candidate image: relevance", visible=False, interactive=False,
+                                        elem_id="entity-relevance", height=300)
+        word_unit = gr.Radio(WORD_UNITS, value="s", label="Word relevance for", elem_id="word-unit")
+        words = gr.HighlightedText(label="Words: relevance", visible=False, show_legend=False,
+                                   combine_adjacent=False, elem_id="word-relevance")
+        gr.Markdown(ATTENTION_HELP)
+        explain_note = gr.Markdown(visible=False)
+        with gr.Row():
+            mention_map = gr.Image(label="Mention image: CMFU patch attention α", visible=False, interactive=False,
+                                   elem_id="mention-heatmap", height=300)
+            entity_map = gr.Image(label="Candidate image: CMFU patch attention α", visible=False, interactive=False,
+                                  elem_id="entity-heatmap", height=300)
+        tokens = gr.Plot(label="TGLU token-to-token attention", visible=False, elem_id="token-attention")
+        rows, labels = _examples()
+        gr.Examples(rows, inputs=[sentence, mention, image, top_k], example_labels=labels,
+                    label="Examples (the image or the context decides between entities that share a name)")
+        with gr.Accordion("Add an entity (for this session only)", open=False):
+            gr.Markdown(ADD_HELP)
+            with gr.Row():
+                new_name = gr.Textbox(label="Name", max_length=MAX_NAME_CHARS)
+                new_description = gr.Textbox(label="Description", lines=2, max_length=MAX_DESCRIPTION_CHARS)
+                new_image = ImageFile(label="Entity image", type="filepath", image_mode=None,
+                                      sources=["upload", "clipboard"], height=160)
+            add_button = gr.Button("Add entity")
+            added = gr.JSON(label="Added", visible=False)
+            add_note = gr.Markdown()
+        with gr.Accordion("API", open=False):
+            gr.Markdown(API_HELP)
+        api_out = gr.JSON(visible=False)
+        api_button = gr.Button(visible=False)
+        api_entity = gr.Textbox(visible=False, label="Entity", max_length=MAX_ENTITY_CHARS)
+        api_explain_button = gr.Button(visible=False)
+
+        # the highlighted sentence and the occurrence chooser follow the two text boxes
+        for box in (sentence, mention):
+            box.change(describe_mention, [sentence, mention], [highlight, occurrence], api_visibility="private",
+                       validator=input_validator("sentence", "mention"))
+        occurrence.input(describe_mention, [sentence, mention, occurrence], [highlight, occurrence],
+                         api_visibility="private", validator=input_validator("sentence", "mention", None))
+        timer.tick(lambda: (app.status_markdown(), gr.Timer(active=not (app.kb.ready or app.kb.error))),
+                   outputs=[status, timer], api_visibility="private")
+        explain_inputs = [state, candidate, patch_unit, word_unit]
+        explain_outputs = [mention_relevance, entity_relevance, words, mention_map, entity_map, tokens, explain_note,
+                           explanation]
+        query_limits = input_validator("sentence", "mention", None, "top_k")
+        gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
+              [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model",
+              validator=query_limits).then(
+            app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
+        table.select(app.select_row, [state], [candidate], api_visibility="private")
+        candidate.change(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
+                         concurrency_id="model", trigger_mode="always_last")
+        # another unit: redrawn from the explanation kept in the session, without the model
+        patch_unit.change(app.patch_relevance, [explanation, patch_unit], [mention_relevance, entity_relevance],
+                          api_visibility="private")
+        word_unit.change(app.word_relevance, [explanation, word_unit], words, api_visibility="private")
+        api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
+                         concurrency_id="model", validator=query_limits)
+        api_explain_button.click(app.api_explain, [sentence, mention, image, api_entity], api_out, api_name="explain",
+                                 concurrency_id="model", validator=input_validator("sentence", "mention", None,
+                                                                                   "entity"))
+        add_button.click(app.add_entity, [new_name, new_description, new_image], added, api_name="add_entity",
+                         concurrency_id="model", validator=input_validator("name", "description", None)).then(lambda r: markdown_literal(r["message"]) if r else "", added,
+                                                      add_note, api_visibility="private")
+        page.unload(app.end_session)  # the tab is closed: its entities are forgotten
+    page.app_state = app
+    return page
+
+
+RELEVANCE_HELP = """### Why this candidate: relevance
+How much each 32-px patch of the two pictures and each word moved the score of the candidate
+(bright / red = more): gradient-weighted attention relevance (Chefer et al., ICCV 2021) through every layer
+of both CLIP towers, under any initialisation. Choose the score it explains: S, or one unit's."""
+ATTENTION_HELP = """### Where the units pooled: attention (trained checkpoints)
+CMFU's patch attention α and TGLU's token-to-token attention: where the units looked, which is not the
+same as what moved the score."""
+
+API_HELP = """Call the linker from Python with `gradio_client`:
+
+```python
+from gradio_client import Client, handle_file
+client = Client("http://127.0.0.1:7860/")   # or the Space's name, e.g. "owner/mimic-el"
+result = client.predict("Hopper painted Nighthawks in 1942.", "Hopper",
+                        None,               # or handle_file("photo.jpg")
+                        5, api_name="/link")
+result["nil"]          # True: no matching entity in the KB (with a calibrated checkpoint)
+result["results"][0]   # {"rank", "index", "qid", "name", "score", "s_t", "s_t_g2g", "s_t_g2l",
+                       #  "s_v", "s_v_e2m", "s_v_m2e", "s_c"}
+# an entity for this Client's session only: linkable by the next calls of the same Client
+client.predict("Ada Lovelace", "Wrote the first published algorithm.", None, api_name="/add_entity")
+# why an entity: relevance maps (patch grids, word relevance) and attention; the entity is a row's
+# "index", or the "id" of an entity added in this session
+why = client.predict("Hopper painted Nighthawks in 1942.", "Hopper", None, "3", api_name="/explain")
+why["mention_relevance"]   # {"s", "s_t", "s_v", "s_c"}: 7 x 7 grids (rows of floats), null without an image
+why["entity_relevance"]    # the same over the entity's picture
+why["token_relevance"]     # {"tokens", "s", "s_t"} over the mention's words
+why["scores"]              # the pair's S, S_T, S_V, S_C in that pass
+```
+Also in the answer: "attention" (TGLU, 40 x 40), "mention_alpha" and "entity_alpha" (CMFU α over CLS + 49
+patches; uniform, and the attention untrained, when "zero_shot" is true).
+Rows of entities added in the session have `"session": true`, `"index": null` and an `"id"` of the form
+`"session:N"`. Bad input raises an error whose message says what to fix, and every limit is named."""
+
+ADD_HELP = f"""The entity is encoded now and can be linked at once, **in this browser session only**: other
+visitors never see it, it is not saved, and it is forgotten when you close the page (at most
+{PER_SESSION} per session). The shared knowledge base changes only when whoever runs the server edits it
+with `python -m mimic kb add / update / remove`."""
