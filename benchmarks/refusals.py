@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.app_start import start  # noqa: E402
 from mimic.fileio import write_json  # noqa: E402
-from tests.test_demo_limits import GOOD, HUGE, RawSession  # noqa: E402
+from tests.demo.test_demo_limits import GOOD, HUGE, RawSession  # noqa: E402
 
 REPEATS = 5
 LIMITS = {"Sentence": "100,000", "Mention": "1,000", "Name": "200", "Description": "5,000"}

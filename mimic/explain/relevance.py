@@ -138,7 +138,7 @@ class TransformersCLIPTracer(_Tracer):
 def _eager_self_attention(attention, record):
     """A forward for an `nn.MultiheadAttention` used as self-attention (open_clip's blocks) that computes
     the probabilities explicitly, hands them to `record`, and uses that very tensor for the output, so
-    that gradients reach it. It equals the module's own forward (tests/test_relevance.py checks the scores)."""
+    that gradients reach it. It equals the module's own forward (tests/explain/test_relevance.py checks the scores)."""
     def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         x = query if attention.batch_first else query.transpose(0, 1)  # [N, T, D]

@@ -17,7 +17,7 @@ become zeros. EXIF orientation is ignored and the only size limit is PIL's own d
 (above 2 x Image.MAX_IMAGE_PIXELS, about 179 megapixels with PIL's default). The 224 px image then
 passes their resize (shortest side 224, a no-op) and centre crop (a no-op) unchanged, so the current
 CLIP image processor, told not to convert to RGB, gives the same pixels (checked against a numpy
-re-statement of the 4.18 steps in tests/test_images.py).
+re-statement of the 4.18 steps in tests/model/test_images.py).
 
 Either way a missing or unusable image becomes the all-zero pixel tensor, so the model still runs.
 """

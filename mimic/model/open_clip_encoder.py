@@ -13,7 +13,7 @@ The four features keep their definitions (see mimic/model/encoder.py), computed 
            -> open_clip's post-LayerNorm and pooling -> projection -> L2-normalised (-> v_G)
 
 so t_G equals `encode_text(..., normalize=True)` and the image embedding `encode_image(..., normalize=True)`
-(tests/test_open_clip.py checks both). Image towers: open_clip's VisionTransformer, or a timm ViT
+(tests/model/test_open_clip.py checks both). Image towers: open_clip's VisionTransformer, or a timm ViT
 (SigLIP). Text towers: open_clip's own (CLIP's, or the bidirectional one of SigLIP and CLIPA).
 Refused, with the reason: ResNet and ConvNeXt image towers (no patch tokens in this sense), attention-
 pooled towers (CoCa), text towers from transformers (roberta, mt5, ...).

@@ -155,7 +155,7 @@ def test_header_facts_predict_which_images_the_modes_treat_differently(kinds, pi
 def test_header_facts_of_hostile_files_cost_nothing_and_decode_catches_truncation(tmp_path, kinds):
     import resource
 
-    from tests.test_robustness import png_bomb
+    from tests.product.test_robustness import png_bomb
     png_bomb(tmp_path / "bomb.png", 30_000)  # 100 kB on disk, 900 MB decoded
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     facts = inspect_image(str(tmp_path / "bomb.png"), decode=True)

@@ -1,5 +1,5 @@
 """The explanation panel and /explain: relevance for KB and session entities, bounded inputs, zero-shot.
-(The browser test of the panel is tests/test_demo.py's page test.)"""
+(The browser test of the panel is tests/demo/test_demo.py's page test.)"""
 import json
 
 import pytest

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from mimic.train.checkpoint import CheckpointError, load_checkpoint, save_model, save_nil_rule
-from tests.test_checkpoint import authors_checkpoint
+from tests.train.test_checkpoint import authors_checkpoint
 
 RULE = {"feature": "margin", "threshold": 0.25, "accuracy": 0.9}
 

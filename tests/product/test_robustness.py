@@ -197,7 +197,7 @@ def _encode_cmd(config, checkpoint, out):
 
 def test_encode_kb_killed_at_random_moments_then_resumed_is_identical(tiny_model, synth_config_path, tmp_path):
     from mimic.train.checkpoint import save_model
-    from tests.test_store import assert_same_store
+    from tests.kb.test_store import assert_same_store
     checkpoint = str(tmp_path / "ckpt")
     save_model(tiny_model, checkpoint)
     reference = str(tmp_path / "reference")

@@ -17,7 +17,7 @@ from mimic.linker import Linker
 from mimic.train.checkpoint import CheckpointError, save_model, save_nil_rule
 from mimic.train.hub import HubError, push_to_hub, resolve_checkpoint, stage
 from mimic.train.loading import load_model
-from tests.test_checkpoint import authors_checkpoint, scores
+from tests.train.test_checkpoint import authors_checkpoint, scores
 
 REPO = "alice/mimic-test"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -23,7 +23,7 @@ from mimic.model.mimic import MIMIC, MIMICConfig
 from mimic.model.processing import entity_text, mention_text
 from mimic.model.zeroshot import zero_shot_init
 from tests.conftest import EXAMPLE_IMAGE
-from tests.test_search import float32_linker  # noqa: F401  (a fixture: a store in float32)
+from tests.kb.test_search import float32_linker  # noqa: F401  (a fixture: a store in float32)
 
 
 def chefer_loop(attentions, grads, states, state_grads):

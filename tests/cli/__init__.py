@@ -1,0 +1,1 @@
+"""Tests of mimic/cli: the command line."""

@@ -1,0 +1,1 @@
+"""Tests of mimic/data: readers of the authors' layout."""

@@ -1,0 +1,1 @@
+"""Tests of demo/: the page and its APIs, served for real."""

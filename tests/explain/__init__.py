@@ -1,0 +1,1 @@
+"""Tests of mimic/explain: relevance maps and their faithfulness."""

@@ -1,0 +1,1 @@
+"""Tests of mimic/model: the units, the encoders and backbones, images, zero-shot."""

@@ -1,0 +1,1 @@
+"""Tests of mimic/train: training, evaluation, checkpoints, the Hub, the authors' pipeline reproduced."""
