@@ -93,3 +93,12 @@ def test_license_and_citation():
     assert paper["year"] == 2023 and "2307.09721" in paper["url"]
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "## Cite" in readme and "luo2023mimic" in readme
+
+
+def test_from_mimic_import_linker_and_import_mimic_stays_light():
+    code = ("import sys, mimic; light = 'torch' not in sys.modules; from mimic import Linker; "
+            "import mimic.linker; print(light, Linker is mimic.linker.Linker, 'torch' in sys.modules)")
+    out = run(sys.executable, "-c", code, cwd=ROOT)
+    assert out.stdout.split() == ["True", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'Linkr'"):
+        mimic.Linkr  # noqa: B018
