@@ -4,7 +4,7 @@ import torch
 from .explain.relevance import explain_pair
 from .kb.fingerprint import model_fingerprints
 from .kb.search import DEFAULT_CANDIDATES, Searcher
-from .kb.store import KBStore
+from .kb.store import LOAD_ATTEMPTS, KBStore, StoreChanged, StoreError
 from .model.encoding import encode_batch
 from .model.matcher import SCORE_FIELDS, select
 from .model.processing import entity_text, mention_text
@@ -24,11 +24,9 @@ class Linker:
         self.model = model.eval()
         # hashing the weights takes a second for ViT-B/32: a caller that has them already passes them
         self.fingerprints = (fingerprints or model_fingerprints(model)) if check else None
-        if check:
-            store.check_model(self.fingerprints)
         self.candidates = candidates
         self.nil_rule = nil_rule if nil_rule is not None else model.config.metadata.get("nil")
-        self._kb = (store, Searcher(model.matcher, store, candidates))
+        self._kb = self._searchable(store)
 
     @classmethod
     def open(cls, kb: str, checkpoint: str = None, encoder: str = None, init: str = None, device=None,
@@ -44,15 +42,25 @@ class Linker:
     def searcher(self) -> Searcher:
         return self._kb[1]
 
+    def _searchable(self, store: KBStore) -> tuple:
+        """(store, its Searcher), checked against the model. Opening the retrieval index may find that a
+        writer published a new version and collected this one's files meanwhile: then the newer version
+        is opened instead."""
+        for _ in range(LOAD_ATTEMPTS):
+            if self.fingerprints is not None:
+                store.check_model(self.fingerprints)
+            try:
+                return store, Searcher(self.model.matcher, store, self.candidates)
+            except StoreChanged:
+                store = KBStore.load(store.path)
+        raise StoreError(f"{store.path}: the store changed {LOAD_ATTEMPTS} times while it was being opened; try again")
+
     def refresh(self) -> bool:
         """Reload the store if its folder holds a newer version; True when it did."""
         store = self.store
         if not store.changed():
             return False
-        fresh = KBStore.load(store.path)
-        if self.fingerprints is not None:
-            fresh.check_model(self.fingerprints)
-        self._kb = (fresh, Searcher(self.model.matcher, fresh, self.candidates))
+        self._kb = self._searchable(KBStore.load(store.path))
         return True
 
     def mention_terms(self, queries: list) -> dict:

@@ -18,9 +18,11 @@ images; they are copied into the store (`images/<content hash>.<ext>`), so the s
 the files it was given go away. `kb update` changes the fields a record gives: without "image" the
 entity keeps its picture, with "image": null it loses it.
 """
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -30,9 +32,9 @@ from ..fileio import atomic_file, make_dirs
 from ..model.processing import entity_text
 from . import retrieval, versions
 from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS, codec_of
-from .entity_images import checked_image, label
+from .entity_images import label, read_image
 from .fingerprint import model_fingerprints
-from .segment import Segment, SegmentWriter, write_records
+from .segment import Segment, SegmentWriter, record_id, write_records
 from .store import KBStore, StoreError, encode_terms, index_segment, measure_space, now, segment_name
 from .versions import DEFAULT_WAIT
 
@@ -62,6 +64,11 @@ def read_changes(path: str) -> list:
                 value = entry[key]
                 if value is not None and not isinstance(value, str):
                     raise StoreError(f"{path}: update #{position} (id {ident!r}): {key!r} must be text or null")
+                if key == "name" and value is None:
+                    raise StoreError(f"{path}: update #{position} (id {ident!r}): 'name' cannot be null (an entity "
+                                     f"keeps a name; leave \"name\" out to keep the current one)")
+                if key == "name" and not value.strip():
+                    raise StoreError(f"{path}: update #{position} (id {ident!r}): 'name' cannot be empty")
                 change[key] = value
         if len(change) == 1:
             raise StoreError(f"{path}: update #{position} (id {ident!r}) gives none of {', '.join(UPDATABLE)}")
@@ -81,24 +88,29 @@ class _Entity:
                 "image": self.image_record}
 
 
-def _copy_image(source: str, store: str) -> str:
-    """Copy a checked image into the store under its content hash; returns its path relative to the store."""
-    with open(source, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    name = f"{digest}{os.path.splitext(source)[1].lower() or '.img'}"
-    target = os.path.join(store, versions.IMAGES, name)
-    if not os.path.exists(target):
+# the names `_copy_image` gives: what compaction may remove from images/ (nothing else is the store's)
+COPIED_IMAGE = re.compile(r"[0-9a-f]{16}\.[a-z0-9]{1,10}")
+
+
+def _copy_image(who: str, name: str, image_folder: str, store: str) -> tuple:
+    """Copy a checked image into the store under its content hash, from the one handle `read_image`
+    checked. -> (its path relative to the store, its absolute path: what the encoder reads)."""
+    data = read_image(who, name, image_folder)
+    extension = os.path.splitext(name)[1].lower()
+    stored = hashlib.sha256(data).hexdigest()[:16] + (extension if re.fullmatch(r"\.[a-z0-9]{1,10}", extension)
+                                                       else ".img")
+    target = os.path.join(store, versions.IMAGES, stored)
+    if not os.path.isfile(target):
         make_dirs(os.path.dirname(target))
-        with atomic_file(target, "wb") as out, open(source, "rb") as f:
-            shutil.copyfileobj(f, out)
-    return f"{versions.IMAGES}/{name}"
+        with atomic_file(target, "wb") as out:
+            out.write(data)
+    return f"{versions.IMAGES}/{stored}", os.path.abspath(target)
 
 
 def _added(entity, image_folder: str, store_path: str) -> _Entity:
     image = entity.images[0] if entity.images else None
-    source = checked_image(label(entity), image, image_folder) if image else None
-    return _Entity(entity.qid, entity.qid, entity.name, entity.attr, source,
-                   _copy_image(source, store_path) if source else None)
+    stored, source = _copy_image(label(entity), image, image_folder, store_path) if image else (None, None)
+    return _Entity(entity.qid, entity.qid, entity.name, entity.attr, source, stored)
 
 
 def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> _Entity:
@@ -113,9 +125,8 @@ def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> 
     elif change["image"] is None:
         source = stored = None
     else:
-        source = checked_image(repr(change["id"]), change["image"], image_folder)
-        stored = _copy_image(source, store.path)
-    return _Entity(change["id"], old["qid"], name or "", description, source, stored)
+        stored, source = _copy_image(repr(change["id"]), change["image"], image_folder, store.path)
+    return _Entity(change["id"], old["qid"], name, description, source, stored)
 
 
 def _encode(model, entities: list, batch_size: int, device=None) -> dict:
@@ -191,16 +202,15 @@ def edit_store(path: str, model=None, add=(), update=(), remove=(), image_folder
         segments = list(manifest["segments"])
         if changed:
             name = segment_name(manifest["kb_version"] + 1)
-            folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
-            values = _encode(model, changed, batch_size, device)
-            spec = manifest["terms"]
-            writer = SegmentWriter(folder, len(changed), spec, create=True)
-            writer.put(0, values)
-            writer.close()
-            write_records(folder, len(changed), (e.record() for e in changed))
-            space = retrieval.Space.from_manifest(model.matcher, manifest["retrieval"])
-            index = index_segment(Segment(folder, len(changed), spec), space, manifest["retrieval"]["flat_limit"])
-            os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
+            with _new_segment(path, name) as folder:
+                values = _encode(model, changed, batch_size, device)
+                spec = manifest["terms"]
+                writer = SegmentWriter(folder, len(changed), spec, create=True)
+                writer.put(0, values)
+                writer.close()
+                write_records(folder, len(changed), (e.record() for e in changed))
+                space = retrieval.Space.from_manifest(model.matcher, manifest["retrieval"])
+                index = index_segment(Segment(folder, len(changed), spec), space, manifest["retrieval"]["flat_limit"])
             segments.append({"name": name, "count": len(changed), "index": index})
         gone = store.physical([positions[c["id"]] for c in update] + [positions[i] for i in remove])
         removed = manifest.get("removed")
@@ -231,35 +241,25 @@ def _rewrite(path: str, model, precision, op: str, wait: float, progress: bool, 
         store.check_model(model_fingerprints(model))
         manifest = store.manifest
         name = segment_name(manifest.get("kb_version", 1) + 1)
-        folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
         names = store.term_names()
         spec = {n: {"codec": codec_of(n, precision), "shape": list(store.segments[0].spec[n]["shape"])} for n in names}
         # coded values are copied when no codec changes: coding twice could move them (centred4)
         copy = all({n: segment.spec[n] for n in names} == spec for segment in store.segments)
-        writer = SegmentWriter(folder, len(store), spec, create=True)
-        for position, values in store.scan(names, coded=copy):
-            if copy:
-                for name, coded in values.items():
-                    writer.put_coded(position, name, coded)
-            else:
-                writer.put(position, values)
-        writer.close()
-        root = os.path.realpath(path)
         images = set()
-
-        def records():
-            for record in store.entities:
-                image = record["image"]
-                if image and os.path.commonpath([root, os.path.realpath(image)]) == root:
-                    image = os.path.relpath(os.path.realpath(image), root)  # travels with the store
-                    images.add(os.path.basename(image))
-                yield {**record, "image": image}
-        write_records(folder, len(store), records())
-        segment = Segment(folder, len(store), spec)
-        space = measure_space(model.matcher, segment)
-        flat_limit = manifest.get("retrieval", {}).get("flat_limit", retrieval.FLAT_LIMIT)
-        index = index_segment(segment, space, flat_limit, progress)
-        os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
+        with _new_segment(path, name) as folder:
+            writer = SegmentWriter(folder, len(store), spec, create=True)
+            for position, values in store.scan(names, coded=copy):
+                if copy:
+                    for term, coded in values.items():
+                        writer.put_coded(position, term, coded)
+                else:
+                    writer.put(position, values)
+            writer.close()
+            write_records(folder, len(store), _kept_records(store, images))
+            segment = Segment(folder, len(store), spec)
+            space = measure_space(model.matcher, segment)
+            flat_limit = manifest.get("retrieval", {}).get("flat_limit", retrieval.FLAT_LIMIT)
+            index = index_segment(segment, space, flat_limit, progress)
         new = {key: value for key, value in manifest.items() if key not in ("terms", "segments", "removed")}
         new.update(version=versions.VERSION, precision=precision, terms=spec, derived=list(DERIVED),
                    kb_version=manifest.get("kb_version", 1) + 1,
@@ -267,11 +267,49 @@ def _rewrite(path: str, model, precision, op: str, wait: float, progress: bool, 
                    retrieval={**space.to_manifest(), "flat_limit": flat_limit},
                    segments=[{"name": name, "count": len(store), "index": index}], removed=None)
         versions.publish(path, new)
-        image_dir = os.path.join(path, versions.IMAGES)
-        for entry in os.listdir(image_dir) if os.path.isdir(image_dir) else []:
-            if entry not in images:
-                os.remove(os.path.join(image_dir, entry))
+        _remove_unnamed_images(path, images)
     return new
+
+
+@contextlib.contextmanager
+def _new_segment(path: str, name: str):
+    """The folder a new segment is written in, renamed to `name` when the block ends; removed when it
+    fails (a killed writer's is removed by the next one)."""
+    folder = os.path.join(path, versions.SEGMENTS, f".tmp-{name}")
+    try:
+        yield folder
+        os.rename(folder, os.path.join(path, versions.SEGMENTS, name))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _kept_records(store: KBStore, named: set):
+    """The records of every live entity, in order, for a rewritten store; an image inside the store is
+    named relative to it (it travels with the store) and its file name added to `named`."""
+    root = os.path.realpath(store.path)
+    for position in range(len(store)):
+        raw = store.raw_record(position)
+        image = raw.get("image")
+        if isinstance(image, str) and image and not os.path.isabs(image):  # a copy kb add/update made
+            named.add(os.path.basename(image))
+        elif image and os.path.commonpath([root, os.path.realpath(image)]) == root:
+            image = os.path.relpath(os.path.realpath(image), root)
+            named.add(os.path.basename(image))
+        yield {"id": record_id(raw), "qid": raw.get("qid"), "name": raw.get("name"),
+               "description": raw.get("description"), "image": image}
+
+
+def _remove_unnamed_images(path: str, named: set):
+    """Remove the copies `kb add/update` made that no record names any more: files with the names
+    `_copy_image` gives, in the store's own images/ folder; never through a link, nothing else."""
+    folder = os.path.join(path, versions.IMAGES)
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name not in named and COPIED_IMAGE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.remove(entry.path)
 
 
 def compact_store(path: str, model, wait: float = DEFAULT_WAIT, progress: bool = True) -> dict:

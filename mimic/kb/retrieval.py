@@ -39,6 +39,7 @@ import torch
 
 from ..fileio import OutputError
 from .compression import to_tensor
+from .versions import StoreError
 
 FLAT_LIMIT = 200_000  # segments up to this size keep exhaustive 8-bit codes
 PART_ROWS = 262_144  # rows per index part: one thread scans one part
@@ -173,8 +174,14 @@ def load(folder: str, spec: dict) -> list:
     for part in spec["parts"]:
         path = os.path.join(folder, part["file"])
         if not os.path.exists(path):
-            raise FileNotFoundError(path)
-        indexes.append(faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+            raise FileNotFoundError(errno.ENOENT, "missing", path)
+        try:
+            indexes.append(faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+        except RuntimeError as e:  # faiss says "read error" for a short or damaged file
+            reason = str(e).strip().splitlines()[-1].split("Error: ")[-1]
+            store = os.path.dirname(os.path.dirname(folder))
+            raise StoreError(f"{path}: damaged or truncated retrieval index ({reason}); rebuild it with "
+                             f"'python -m mimic kb compact --kb {store}'") from None
     return indexes
 
 

@@ -150,6 +150,8 @@ class Segment:
         self.records = Records(records, offsets)
         self.legacy = legacy
         self._ids = None
+        if not legacy and os.path.exists(os.path.join(folder, ID_HASH)):
+            self._open_ids()  # now, with the rest: a later collection of this version cannot take it away
 
     def read(self, names, rows) -> dict:
         """Decoded float32 values of the terms `names` at `rows` (a slice or an int array)."""
@@ -163,17 +165,16 @@ class Segment:
         """The coded arrays of the terms `names` at `rows`, file by file (for copying into another segment)."""
         return {name: [np.asarray(a[rows]) for a in self.arrays[name]] for name in names}
 
+    def _open_ids(self):
+        self._ids = (_open_array(os.path.join(self.folder, ID_HASH), (self.count,), np.uint64),
+                     _open_array(os.path.join(self.folder, ID_ROW), (self.count,), np.int64))
+
     def find(self, ident: str) -> list:
         """Rows whose id may be `ident` (hash matches; the caller checks the record)."""
-        if self._ids is None:
-            path = os.path.join(self.folder, ID_HASH)
-            if self.legacy or not os.path.exists(path):  # format 1: read the ids once
-                hashes = np.array([id_hash(record_id(self.records[r])) for r in range(self.count)], np.uint64)
-                order = np.argsort(hashes, kind="stable")
-                self._ids = (hashes[order], order.astype(np.int64))
-            else:
-                self._ids = (_open_array(path, (self.count,), np.uint64),
-                             _open_array(os.path.join(self.folder, ID_ROW), (self.count,), np.int64))
+        if self._ids is None:  # format 1 (or a segment without an id table): read the ids once
+            hashes = np.array([id_hash(record_id(self.records[r])) for r in range(self.count)], np.uint64)
+            order = np.argsort(hashes, kind="stable")
+            self._ids = (hashes[order], order.astype(np.int64))
         hashes, rows = self._ids
         h = np.uint64(id_hash(ident))
         lo, hi = np.searchsorted(hashes, h, "left"), np.searchsorted(hashes, h, "right")

@@ -14,7 +14,8 @@ twice, nor the KB in memory), marking each finished chunk, so an interrupted run
 stopped, without gaps or duplicates, and gives the same store. `--shard i/n` encodes every n-th chunk
 into a shard folder; `merge_shards` copies the shards' chunks, one at a time, into one segment. The
 records and the retrieval index are written last; the store then appears (or its new version replaces
-the old one) in one atomic step.
+the old one) in one atomic step. The whole job holds the store's writer lock (its folder is made, empty and
+marked, when the job starts), so a second encode-kb or `kb` command on the same store waits for it.
 
 Format 1 stores (terms/*.npy at the top of the folder, before segments existed) are still read, with
 their retrieval index built at load as it used to be; `python -m mimic kb upgrade` converts them.
@@ -42,7 +43,7 @@ from . import compression, retrieval, versions
 from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS
 from .entity_images import check_all_inside
 from .segment import SEGMENT_FILE, Segment, SegmentWriter, load_npy, read_spec, record_id, write_records
-from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError  # noqa: F401 (re-exported)
+from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreChanged, StoreError  # noqa: F401
 
 log = logging.getLogger(__name__)
 LOAD_ATTEMPTS = 5
@@ -87,8 +88,7 @@ class KBStore:
                 return cls._open(path, manifest, stamp)
             except FileNotFoundError as e:
                 if _stamp(path) == stamp:  # no new version appeared: a file of this one is gone
-                    missing = os.path.relpath(e.filename, path) if e.filename else str(e)
-                    raise StoreError(f"{path}: {missing} is missing (damaged store); re-encode it with encode-kb")
+                    raise _missing(path, e)
         raise StoreError(f"{path}: the store changed {LOAD_ATTEMPTS} times while it was being opened; try again")
 
     @classmethod
@@ -104,11 +104,12 @@ class KBStore:
                 segments = [Segment(path, manifest["count"], terms, legacy=True)]
                 removed = np.zeros(0, np.int64)
             else:
-                segments = [Segment(os.path.join(path, versions.SEGMENTS, s["name"]), s["count"], manifest["terms"],
-                                    s.get("index")) for s in manifest["segments"]]
+                segments = [Segment(os.path.join(path, versions.SEGMENTS, _segment_name(path, s)), s["count"],
+                                    manifest["terms"], s.get("index")) for s in manifest["segments"]]
                 removed = np.zeros(0, np.int64)
                 if manifest.get("removed"):
-                    file = os.path.join(path, manifest["removed"]["file"])
+                    file = os.path.join(path, versions.plain_name(path, "removal list", manifest["removed"]["file"],
+                                                                  versions.REMOVED))
                     if not os.path.exists(file):
                         raise FileNotFoundError(errno.ENOENT, "missing", file)
                     removed = load_npy(file).astype(np.int64)
@@ -206,7 +207,12 @@ class KBStore:
         parts = []
         for s, segment in enumerate(self.segments):
             if segment.index_spec:
-                spec, indexes = segment.index_spec, retrieval.load(segment.folder, segment.index_spec)
+                try:
+                    spec, indexes = segment.index_spec, retrieval.load(segment.folder, segment.index_spec)
+                except FileNotFoundError as e:  # opened lazily: a writer may have collected this version since
+                    if self.changed():
+                        raise StoreChanged(f"{self.path}: a new version was published while this one was opened")
+                    raise _missing(self.path, e)
             else:
                 spec, indexes = retrieval.build_in_memory(segment.count, lambda rows: space.entity_vectors(
                     segment.read(retrieval.VECTOR_TERMS, rows)))
@@ -241,6 +247,18 @@ class KBStore:
                 if record_id(segment.records[local]) == ident:
                     return int(self.live([row])[0])
         return None
+
+
+def _missing(path: str, error: FileNotFoundError) -> StoreError:
+    missing = os.path.relpath(error.filename, path) if error.filename else str(error)
+    return StoreError(f"{path}: {missing} is missing (damaged store); re-encode it with encode-kb")
+
+
+def _segment_name(path: str, segment: dict) -> str:
+    """A manifest's segment entry: its folder name (a plain one) and its index parts' files, checked."""
+    for part in (segment.get("index") or {}).get("parts", []):
+        versions.plain_name(path, "index file", part["file"])
+    return versions.plain_name(path, "segment", segment["name"])
 
 
 class EntityRecords(Sequence):
@@ -359,11 +377,13 @@ def _read_plan(work: str) -> dict:
 
 
 def _open_work(work: str, plan: dict, restart: bool):
-    """Create the work folder, or check that an existing one belongs to the same job."""
-    versions.check_work_target(work)
+    """Check that the work folder (locked, see `versions.working`) belongs to the same job, or start it:
+    with `restart`, or when a killed run left it before writing its plan, what it holds is discarded."""
     spec_path = os.path.join(work, "partial.json")
-    if os.path.exists(spec_path) and restart:
-        shutil.rmtree(work)
+    if restart or not os.path.exists(spec_path):
+        for entry in os.listdir(work):
+            if entry not in (versions.LOCK, versions.WORK_MARKER):
+                versions.remove(os.path.join(work, entry))
     if os.path.exists(spec_path):
         existing = _read_plan(work)
         for key in ("count", "chunk_size", "precision", "fingerprints", "shard", "layout"):
@@ -397,12 +417,20 @@ def _model_terms(model, entities: list, image_folder: str, batch_size: int, devi
     return terms_of
 
 
-def encode_chunks(model, entities: list, image_folder: str, work: str, fingerprints: dict, *, batch_size=64,
-                  chunk_size=1024, shard=(0, 1), precision=DEFAULT_PRECISION, restart=False, device=None,
-                  progress=True, source: dict = None, on_progress=None, autocast=None, terms_of=None) -> list:
-    """Encode this shard's chunks into `work` (skipping finished ones); returns the chunk ids.
-    on_progress(done, total) is called after every batch (for a UI). terms_of(start, end) -> flat float
-    terms replaces the encoder (benchmarks write synthetic terms through the same path)."""
+def encode_chunks(model, entities: list, image_folder: str, work: str, fingerprints: dict, *, wait=DEFAULT_WAIT,
+                  **options) -> list:
+    """Encode this shard's chunks into `work` (skipping finished ones), holding the work folder's lock:
+    a second encoding of the same folder waits for the first (up to `wait` s). Returns the chunk ids."""
+    with versions.working(work, wait):
+        return _encode_chunks(model, entities, image_folder, work, fingerprints, **options)
+
+
+def _encode_chunks(model, entities: list, image_folder: str, work: str, fingerprints: dict, *, batch_size=64,
+                   chunk_size=1024, shard=(0, 1), precision=DEFAULT_PRECISION, restart=False, device=None,
+                   progress=True, source: dict = None, on_progress=None, autocast=None, terms_of=None) -> list:
+    """encode_chunks' work. on_progress(done, total) is called after every batch (for a UI).
+    terms_of(start, end) -> flat float terms replaces the encoder (benchmarks write synthetic terms
+    through the same path)."""
     if precision not in PRECISIONS:
         raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
     index, total = shard
@@ -463,9 +491,9 @@ def encode_chunks(model, entities: list, image_folder: str, work: str, fingerpri
 
 
 def finish(works: list, out: str, entities: list, image_folder: str, kb_fingerprint: str, model, *,
-           flat_limit: int = retrieval.FLAT_LIMIT, wait: float = DEFAULT_WAIT, progress: bool = True) -> dict:
+           flat_limit: int = retrieval.FLAT_LIMIT, progress: bool = True) -> dict:
     """Finished chunks of one work folder (or of shards) -> the store's new version at `out`: records,
-    retrieval index, then the atomic switch. Returns the new manifest."""
+    retrieval index, then the atomic switch. Returns the new manifest. Call holding `versions.writing(out)`."""
     plans = [_read_plan(w) for w in works]
     first = plans[0]
     for work, plan in zip(works[1:], plans[1:]):
@@ -490,29 +518,28 @@ def finish(works: list, out: str, entities: list, image_folder: str, kb_fingerpr
         start, end = ranges[missing[0]]
         raise StoreError(f"{len(missing)} of {len(ranges)} chunks are not encoded yet (the first: entities "
                          f"{start}-{end - 1}); finish every shard before merging")
-    with versions.writing(out, wait):
-        name = segment_name(1)
-        if direct:
-            folder = os.path.join(works[0], "segment")
-            spec = read_spec(folder)["terms"]
-        else:
-            folder = os.path.join(out, versions.SEGMENTS, f".tmp-{name}")
-            spec = _merge_chunks(works, sources, ranges, folder, count, progress)
-        write_records(folder, count, (entity_record(e, image_folder) for e in entities))
-        segment = Segment(folder, count, spec)
-        space = measure_space(model.matcher, segment)
-        index = index_segment(segment, space, flat_limit, progress)
-        target = os.path.join(out, versions.SEGMENTS, name)
-        if direct:
-            link_tree(folder, target)
-        else:
-            os.rename(folder, target)
-        manifest = {"format": FORMAT, "version": VERSION, "count": count, "precision": precision, "terms": spec,
-                    "derived": list(DERIVED), "fingerprints": first["fingerprints"], "kb_version": 1,
-                    "units": first["units"], "source": first.get("source") or {}, "created": now(), "history": [],
-                    "retrieval": {**space.to_manifest(), "flat_limit": flat_limit},
-                    "segments": [{"name": name, "count": count, "index": index}], "removed": None}
-        versions.publish(out, manifest)
+    name = segment_name(1)
+    if direct:
+        folder = os.path.join(works[0], "segment")
+        spec = read_spec(folder)["terms"]
+    else:
+        folder = os.path.join(out, versions.SEGMENTS, f".tmp-{name}")
+        spec = _merge_chunks(works, sources, ranges, folder, count, progress)
+    write_records(folder, count, (entity_record(e, image_folder) for e in entities))
+    segment = Segment(folder, count, spec)
+    space = measure_space(model.matcher, segment)
+    index = index_segment(segment, space, flat_limit, progress)
+    target = os.path.join(out, versions.SEGMENTS, name)
+    if direct:
+        link_tree(folder, target)
+    else:
+        os.rename(folder, target)
+    manifest = {"format": FORMAT, "version": VERSION, "count": count, "precision": precision, "terms": spec,
+                "derived": list(DERIVED), "fingerprints": first["fingerprints"], "kb_version": 1,
+                "units": first["units"], "source": first.get("source") or {}, "created": now(), "history": [],
+                "retrieval": {**space.to_manifest(), "flat_limit": flat_limit},
+                "segments": [{"name": name, "count": count, "index": index}], "removed": None}
+    versions.publish(out, manifest)
     return manifest
 
 
@@ -554,19 +581,21 @@ def encode_store(model, entities: list, image_folder: str, out: str, kb_fingerpr
     fingerprints = {**model_fingerprints(model), "kb": kb_fingerprint}
     options = dict(batch_size=batch_size, chunk_size=chunk_size, precision=precision, restart=restart,
                    device=device, progress=progress, source=source, on_progress=on_progress, autocast=autocast,
-                   terms_of=terms_of)
+                   terms_of=terms_of, wait=wait)
     if shard is not None and shard[1] > 1:
         encode_chunks(model, entities, image_folder, out, fingerprints, shard=shard, **options)
         return out
     versions.check_target(out)
     work = out.rstrip("/") + ".partial"
-    if not restart and _up_to_date(out, fingerprints, len(entities), precision):
-        log.info("%s is up to date (same model, KB and precision): nothing to encode", out)
-        return out
-    encode_chunks(model, entities, image_folder, work, fingerprints, **options)
-    finish([work], out, entities, image_folder, kb_fingerprint, model, flat_limit=flat_limit, wait=wait,
-           progress=progress)
-    shutil.rmtree(work, ignore_errors=True)
+    versions.check_work_target(work)
+    with versions.writing(out, wait):  # the whole job, encoding included: one writer at a time
+        if not restart and _up_to_date(out, fingerprints, len(entities), precision):
+            log.info("%s is up to date (same model, KB and precision): nothing to encode", out)
+            return out
+        encode_chunks(model, entities, image_folder, work, fingerprints, **options)
+        finish([work], out, entities, image_folder, kb_fingerprint, model, flat_limit=flat_limit,
+               progress=progress)
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -585,6 +614,6 @@ def merge_shards(shards: list, out: str, entities: list, image_folder: str, kb_f
                  flat_limit=retrieval.FLAT_LIMIT, wait=DEFAULT_WAIT, progress=True) -> str:
     """Finished shard folders -> a store at `out` (the model builds the retrieval index)."""
     versions.check_target(out)
-    finish(shards, out, entities, image_folder, kb_fingerprint, model, flat_limit=flat_limit, wait=wait,
-           progress=progress)
+    with versions.writing(out, wait):
+        finish(shards, out, entities, image_folder, kb_fingerprint, model, flat_limit=flat_limit, progress=progress)
     return out

@@ -23,6 +23,7 @@ timeout, then gives up with a message saying so; it never overwrites the first o
 import contextlib
 import json
 import os
+import re
 import shutil
 
 import filelock
@@ -32,12 +33,34 @@ from ..fileio import OutputError, make_dirs, refuse_foreign, write_json
 FORMAT, WORK_FORMAT = "mimic-el-kb", "mimic-el-kb-partial"
 VERSION = 2  # format 1: terms/*.npy at the top of the folder (read, and converted by `kb upgrade`)
 MANIFEST, MARKER, LOCK = "manifest.json", ".mimic-el-kb", ".lock"
+WORK_MARKER = ".mimic-el-partial"  # marks an encoding's work folder from its first moment
 SEGMENTS, REMOVED, IMAGES = "segments", "removed", "images"
 DEFAULT_WAIT = 600.0  # seconds a writer waits for another one
 
 
 class StoreError(ValueError):
     """A KB store that cannot be used (missing, damaged, or made with another model or KB)."""
+
+
+class StoreChanged(StoreError):
+    """A writer published a new version (and collected this one's files) while it was being opened."""
+
+
+# what a manifest may name inside the store: one plain name, never a path out of its folder
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def plain_name(path: str, what: str, name, folder: str = None) -> str:
+    """`name`, a file or folder the manifest of the store at `path` names, if it is a plain name (with
+    `folder`: "<folder>/<plain name>", a file of that folder of the store)."""
+    plain = name
+    if folder is not None and isinstance(name, str):
+        inside, _, plain = name.partition("/")
+        plain = plain if inside == folder else None
+    if not isinstance(plain, str) or not PLAIN_NAME.fullmatch(plain) or plain == "..":
+        raise StoreError(f"{os.path.join(path, MANIFEST)}: damaged manifest ({what} {name!r} is not a name this "
+                         f"store gives); re-encode the KB with encode-kb")
+    return name
 
 
 REQUIRED = {1: ("count", "terms", "fingerprints"),
@@ -86,6 +109,9 @@ def is_store(path: str) -> bool:
 
 
 def is_partial(path: str) -> bool:
+    """Does `path` hold an encoding's work folder (`<out>.partial`, or a shard), or the beginning of one?"""
+    if os.path.exists(os.path.join(path, WORK_MARKER)):
+        return True
     try:
         with open(os.path.join(path, "partial.json"), encoding="utf-8") as f:
             return json.load(f).get("format") == WORK_FORMAT
@@ -128,12 +154,31 @@ def create(path: str):
 def writing(path: str, wait: float = DEFAULT_WAIT):
     """Hold the store's writer lock (creating the store folder if needed) for one edit or encoding."""
     create(path)
-    lock = filelock.FileLock(os.path.join(path, LOCK))
+    with _locked(os.path.join(path, LOCK), wait, f"{path}: another command is changing this KB store"):
+        yield
+
+
+@contextlib.contextmanager
+def working(path: str, wait: float = DEFAULT_WAIT):
+    """Hold the lock of an encoding's work folder (creating it, marked as one, if needed): one encoding
+    writes a work folder at a time."""
+    check_work_target(path)
+    make_dirs(path)
+    marker = os.path.join(path, WORK_MARKER)
+    if not os.path.exists(marker):
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write("mimic-el: an unfinished encode-kb (see partial.json)\n")
+    with _locked(os.path.join(path, LOCK), wait, f"{path}: another encode-kb is writing this folder"):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(lock_file: str, wait: float, busy: str):
+    lock = filelock.FileLock(lock_file)
     try:
         lock.acquire(timeout=wait)
     except filelock.Timeout:
-        raise StoreError(f"{path}: another command is changing this KB store (waited {wait:g} s); run this one "
-                         f"again when it has finished") from None
+        raise StoreError(f"{busy} (waited {wait:g} s); run this one again when it has finished") from None
     try:
         yield
     finally:
@@ -173,16 +218,16 @@ def collect_garbage(path: str, manifest: dict):
         full = os.path.join(path, folder)
         for entry in os.listdir(full) if os.path.isdir(full) else []:
             if entry not in kept:
-                _remove(os.path.join(full, entry))
+                remove(os.path.join(full, entry))
     if manifest.get("version") == VERSION:
-        _remove(os.path.join(path, "terms"))  # format 1, converted
-        _remove(os.path.join(path, "entities.jsonl"))
+        remove(os.path.join(path, "terms"))  # format 1, converted
+        remove(os.path.join(path, "entities.jsonl"))
     for entry in os.listdir(path):
         if entry.startswith(f".{MANIFEST}.") and entry.endswith(".tmp"):
-            _remove(os.path.join(path, entry))
+            remove(os.path.join(path, entry))
 
 
-def _remove(path: str):
+def remove(path: str):
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

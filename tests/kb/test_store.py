@@ -154,7 +154,8 @@ def test_interrupted_then_resumed_encoding_is_identical(tmp_path, synth_dataset,
     monkeypatch.setattr(store_module, "encode_batch", failing)
     with pytest.raises(KeyboardInterrupt):
         encode(tiny_model, synth_dataset, out, chunk_size=10, batch_size=5)
-    assert not os.path.exists(out)  # nothing half-written where the store goes
+    # nothing half-written where the store goes: the folder, marked and locked from the start, holds no version
+    assert sorted(os.listdir(out)) == [".lock", ".mimic-el-kb", "segments"] and not os.listdir(out + "/segments")
     assert sorted(os.listdir(out + ".partial/done")) == ["000000"]  # chunk 0 finished, chunk 1 did not
     with pytest.raises(StoreError, match="encoding has not finished"):
         KBStore.load(out)
