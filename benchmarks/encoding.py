@@ -43,7 +43,8 @@ def demo_entities(count: int) -> list:
 
 
 def encode(model, entities, autocast, folder):
-    from mimic.kb.store import KBStore, encode_store
+    from mimic.kb.encode import encode_store
+    from mimic.kb.store import KBStore
     out = os.path.join(folder, f"kb-{autocast or 'float32'}")
     t = time.perf_counter()
     encode_store(model, entities, os.path.join(DEMO, "kb_image"), out, "demo", batch_size=64, precision="float32",

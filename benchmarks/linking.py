@@ -88,8 +88,7 @@ def make_model():
 def phase_build(args):
     """Write the synthetic store through the store's own encoding path (terms from random encoder
     outputs instead of a CLIP pass), plus the queries."""
-    from mimic.data.readers import Entity
-    from mimic.kb.store import encode_store
+    from mimic.kb.encode import encode_store
     threads()
     model = make_model()
     matcher = model.matcher

@@ -10,7 +10,6 @@ to the refusal. Then the largest accepted inputs (100,000 characters, the mentio
 through the highlighter and /link. Meanwhile another client links without pause: its latency alone and
 during the flood of refusals is reported.
 """
-import json
 import os
 import statistics
 import sys

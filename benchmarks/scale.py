@@ -106,7 +106,7 @@ class ExhaustiveReference:
 # ---------------------------------------------------------------------------------------------------
 def phase_build(args):
     from mimic.data.readers import Entity
-    from mimic.kb.store import encode_store
+    from mimic.kb.encode import encode_store
     from mimic.train.checkpoint import save_model
     threads()
     t0 = time.time()

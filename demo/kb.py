@@ -15,8 +15,9 @@ import threading
 from PIL import Image
 
 from mimic.data.readers import read_kb, read_qid2id
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint, model_fingerprints
-from mimic.kb.store import KBStore, StoreError, encode_store
+from mimic.kb.store import KBStore, StoreError
 from mimic.linker import Linker
 from mimic.model.images import ImageError, open_image
 

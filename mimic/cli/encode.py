@@ -73,7 +73,7 @@ def _parse_shard(text):
 
 
 def cmd_encode_kb(args):
-    from ..kb.store import encode_store, merge_shards
+    from ..kb.encode import encode_store, merge_shards
     entities, folder, kb_fingerprint, config = _kb_source(args)
     missing = sum(1 for e in entities if e.images and not os.path.isfile(os.path.join(folder, e.images[0])))
     if missing:

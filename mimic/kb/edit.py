@@ -32,10 +32,11 @@ from ..fileio import atomic_file, make_dirs
 from ..model.processing import entity_text
 from . import retrieval, versions
 from .compression import DEFAULT_PRECISION, DERIVED, PRECISIONS, codec_of
+from .encode import encode_terms
 from .entity_images import label, read_image
 from .fingerprint import model_fingerprints
 from .segment import Segment, SegmentWriter, record_id, write_records
-from .store import KBStore, StoreError, encode_terms, index_segment, measure_space, now, segment_name
+from .store import KBStore, StoreError, index_segment, measure_space, now, segment_name
 from .versions import DEFAULT_WAIT
 
 HISTORY = 100  # edits kept in the manifest's history

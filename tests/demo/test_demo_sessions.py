@@ -70,7 +70,7 @@ def test_a_closed_session_forgets_its_entities(app_server):
 
 
 def test_added_entities_never_reach_the_store_and_a_restart_forgets_them(tmp_path, tiny_clip):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     from mimic.kb.store import KBStore
     from mimic.model.mimic import MIMIC, MIMICConfig

@@ -12,8 +12,9 @@ from PIL import Image
 import mimic.kb.segment as segment_module
 from mimic.data.readers import Entity
 from mimic.kb.edit import compact_store, edit_store, read_changes
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint
-from mimic.kb.store import KBStore, StoreError, encode_store
+from mimic.kb.store import KBStore, StoreError
 from mimic.linker import Linker, Query
 from mimic.nil import best_threshold, calibrate, is_nil
 

@@ -4,9 +4,10 @@ import os
 import pytest
 import torch
 
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint
 from mimic.kb.overlay import Overlay, OverlayFull, clean_entity_text
-from mimic.kb.store import KBStore, encode_store
+from mimic.kb.store import KBStore
 from mimic.linker import Linker, Query, QueryError
 from mimic.model.matcher import select
 

@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint
 from mimic.kb.search import Searcher
-from mimic.kb.store import KBStore, encode_store
+from mimic.kb.store import KBStore
 from mimic.linker import Linker, Query, QueryError, check_query
 from mimic.model.matcher import Matcher, cat_terms, select
 from mimic.train.evaluate import encode_kb, score_against_all

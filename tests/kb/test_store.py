@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+import mimic.kb.encode as encode_module
 import mimic.kb.segment as segment_module
 import mimic.kb.store as store_module
 from mimic.data.readers import Entity
 from mimic.kb import compression, retrieval
+from mimic.kb.encode import encode_store, merge_shards
 from mimic.kb.fingerprint import file_fingerprint, model_fingerprints
 from mimic.kb.search import Searcher
-from mimic.kb.store import KBStore, StoreError, encode_store, merge_shards
+from mimic.kb.store import KBStore, StoreError
 from mimic.linker import Linker
 from mimic.model.matcher import Features, flatten_terms, select
 from mimic.model.mimic import MIMIC, MIMICConfig
@@ -142,7 +144,7 @@ def test_codecs_round_trip_within_their_bound(codec, bound):
 def test_interrupted_then_resumed_encoding_is_identical(tmp_path, synth_dataset, tiny_model, reference_store,
                                                          monkeypatch):
     calls = {"n": 0}
-    real = store_module.encode_batch
+    real = encode_module.encode_batch
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -151,7 +153,7 @@ def test_interrupted_then_resumed_encoding_is_identical(tmp_path, synth_dataset,
         return real(*args, **kwargs)
 
     out = str(tmp_path / "kb")
-    monkeypatch.setattr(store_module, "encode_batch", failing)
+    monkeypatch.setattr(encode_module, "encode_batch", failing)
     with pytest.raises(KeyboardInterrupt):
         encode(tiny_model, synth_dataset, out, chunk_size=10, batch_size=5)
     # nothing half-written where the store goes: the folder, marked and locked from the start, holds no version
@@ -160,7 +162,7 @@ def test_interrupted_then_resumed_encoding_is_identical(tmp_path, synth_dataset,
     with pytest.raises(StoreError, match="encoding has not finished"):
         KBStore.load(out)
     done = []
-    monkeypatch.setattr(store_module, "encode_batch", lambda *a, **k: done.append(1) or real(*a, **k))
+    monkeypatch.setattr(encode_module, "encode_batch", lambda *a, **k: done.append(1) or real(*a, **k))
     encode(tiny_model, synth_dataset, out, chunk_size=10, batch_size=5)
     assert len(done) == 8  # 38 remaining entities in batches of 5 within chunks of 10: chunk 0 was not redone
     assert not os.path.exists(out + ".partial")
@@ -170,7 +172,7 @@ def test_interrupted_then_resumed_encoding_is_identical(tmp_path, synth_dataset,
 def test_a_partial_encoding_of_another_model_is_not_resumed(tmp_path, synth_dataset, tiny_model, tiny_clip):
     out = str(tmp_path / "kb")
     other = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=9)
-    store_module.encode_chunks(other, *_kb(synth_dataset)[:2], out + ".partial",
+    encode_module.encode_chunks(other, *_kb(synth_dataset)[:2], out + ".partial",
                                {"encoder": "x", "checkpoint": "y", "kb": "z"}, chunk_size=10, progress=False)
     with pytest.raises(StoreError, match="an unfinished encoding of another job is here"):
         encode(tiny_model, synth_dataset, out, chunk_size=10)

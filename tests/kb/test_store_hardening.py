@@ -17,8 +17,9 @@ from PIL import Image
 from mimic.data.readers import Entity
 from mimic.kb import versions
 from mimic.kb.edit import compact_store, edit_store, read_changes
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint
-from mimic.kb.store import KBStore, StoreError, encode_store
+from mimic.kb.store import KBStore, StoreError
 from mimic.linker import Linker, Query
 from tests.conftest import ROOT
 
@@ -203,7 +204,7 @@ ENCODE = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from mimic.data.readers import Entity
-    from mimic.kb.store import encode_store, encode_terms
+    from mimic.kb.encode import encode_store, encode_terms
     from mimic.model.mimic import MIMIC, MIMICConfig
 
     model = MIMIC.from_encoder(MIMICConfig(encoder={clip!r}), seed=1).eval()

@@ -20,8 +20,9 @@ from PIL import Image
 
 from mimic.data.readers import Entity
 from mimic.kb.edit import compact_store, edit_store
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint
-from mimic.kb.store import KBStore, StoreError, encode_store
+from mimic.kb.store import KBStore, StoreError
 from mimic.linker import Linker
 
 # every call that changes the filesystem: a writer is killed just before the n-th of them

@@ -1,9 +1,6 @@
 """The two image modes, per kind of image, against a plain numpy re-statement of the authors' pipeline
 (transformers 4.18's CLIPFeatureExtractor as their data module calls it); memory of one image."""
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ from PIL import Image
 
 from mimic.model import images as images_module
 from mimic.model.images import ImageError, ImagePipeline, inspect_image, load_image_processor, open_image
-from tests.conftest import EXAMPLE_IMAGE, ROOT
+from tests.conftest import EXAMPLE_IMAGE
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]

@@ -16,8 +16,9 @@ from PIL import Image
 
 import mimic.model.open_clip_encoder as oc
 from mimic.data.readers import load_config
+from mimic.kb.encode import encode_store
 from mimic.kb.fingerprint import file_fingerprint
-from mimic.kb.store import KBStore, encode_store
+from mimic.kb.store import KBStore
 from mimic.linker import Linker, Query
 from mimic.model.encoder import EncoderUnavailable
 from mimic.model.images import open_image

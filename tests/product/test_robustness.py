@@ -260,7 +260,7 @@ def _simulate(monkeypatch, code):
 @pytest.mark.parametrize("read_only,message", [(True, "the folder is not writable"), (False, "the disk is full")])
 def test_unwritable_output_gives_a_clear_message_and_no_half_store(tiny_model, synth_dataset, tmp_path, monkeypatch,
                                                                    read_only, message):
-    from mimic.kb.store import encode_store
+    from mimic.kb.encode import encode_store
     with small_filesystem(tmp_path / "fs", read_only) as fs:
         if fs is None:
             _simulate(monkeypatch, errno.EROFS if read_only else errno.ENOSPC)
@@ -268,8 +268,11 @@ def test_unwritable_output_gives_a_clear_message_and_no_half_store(tiny_model, s
         with pytest.raises(OutputError, match=message):
             encode_store(tiny_model, synth_dataset.entities, synth_dataset.kb_images, out, "kb", progress=False)
         assert not os.path.exists(os.path.join(out, "manifest.json"))
-        if fs is not None:
-            assert [e for e in os.listdir(fs) if not e.endswith(".partial")] == []
+        if fs is not None:  # at most the store's folder, marked, empty and locked from the job's start
+            assert [e for e in os.listdir(fs) if not e.endswith(".partial")] in ([], ["kb"])
+            if os.path.exists(out):
+                assert set(os.listdir(out)) <= {".lock", ".mimic-el-kb", "segments"}
+                assert not os.path.exists(os.path.join(out, "segments")) or not os.listdir(os.path.join(out, "segments"))
 
 
 def test_cli_reports_an_unwritable_output_in_one_line(synth_config_path, tmp_path):

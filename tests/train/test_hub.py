@@ -12,7 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import mimic.train.hub as hub
-from mimic.kb.store import encode_store
+from mimic.kb.encode import encode_store
 from mimic.linker import Linker
 from mimic.train.checkpoint import CheckpointError, save_model, save_nil_rule
 from mimic.train.hub import HubError, push_to_hub, resolve_checkpoint, stage
