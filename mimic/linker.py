@@ -10,7 +10,7 @@ from .model.matcher import SCORE_FIELDS, select
 from .model.processing import entity_text, mention_text
 from .nil import is_nil
 from .query import MAX_TOP_K, Query, QueryError, check_entity_index, check_query, check_top_k  # noqa: F401
-from .train.loading import load_model
+from .train.loading import load_recorded
 
 # Query, QueryError and check_query are the door's names too: callers build and check queries through it
 
@@ -31,8 +31,11 @@ class Linker:
     @classmethod
     def open(cls, kb: str, checkpoint: str = None, encoder: str = None, init: str = None, device=None,
              candidates: int = DEFAULT_CANDIDATES) -> "Linker":
+        """A store and the model that encoded it, as the store records it (`mimic link` does the same), or
+        the checkpoint or initialisation given, in the store's image mode."""
         store = KBStore.load(kb)
-        return cls(load_model(checkpoint, encoder, init, device), store, candidates)
+        return cls(load_recorded(store.manifest.get("source") or {}, checkpoint, encoder, init, device), store,
+                   candidates)
 
     @property
     def store(self) -> KBStore:

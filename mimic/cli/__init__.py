@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 
+from ..errors import is_user_error
 from . import data, encode, explain, hub, kb, link, train
 from .common import Formatter, prog
 
@@ -63,14 +64,15 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..errors import USER_ERRORS
     run = next(run for name, _, run in COMMANDS if name == args.command)
     try:
         status = run(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return status or 0

@@ -51,20 +51,22 @@ def wait_option(p):
                    help="how long to wait while another command is changing the same store")
 
 
-def load_model(args, config=None, apply_config: bool = True):
+def load_model(args, config=None, apply_config: bool = True, warn: bool = True):
     """The model the options ask for: a checkpoint, or the pretrained CLIP with an initialisation; with a
     run `config`: sized by it, then checked against it and given its text length (apply_run_config) unless
-    `apply_config` is False."""
+    `apply_config` is False. `warn`: say what has random weights (not for training, which starts so)."""
     from ..train.loading import load_model as load
     if not args.checkpoint and not args.init:
         raise SystemExit("error: give --checkpoint K, or --init zero-shot (CLIP similarities) or --init random")
     encoder = args.encoder or (config.pretrained_model if config is not None and not args.checkpoint else None)
     if config is None:
-        return load(args.checkpoint, encoder, args.init, args.device, image_mode=args.image_mode)
-    from ..data.runconfig import apply_run_config, mimic_sizes
-    model = load(args.checkpoint, encoder, args.init, args.device, seed=config.seed, sizes=mimic_sizes(config),
-                 image_mode=args.image_mode)
-    return apply_run_config(model, config) if apply_config else model
+        model = load(args.checkpoint, encoder, args.init, args.device, image_mode=args.image_mode)
+    else:
+        from ..data.runconfig import apply_run_config, mimic_sizes
+        model = load(args.checkpoint, encoder, args.init, args.device, seed=config.seed, sizes=mimic_sizes(config),
+                     image_mode=args.image_mode)
+        model = apply_run_config(model, config) if apply_config else model
+    return warn_if_random(model) if warn else model
 
 
 def checked_image(path):
@@ -81,16 +83,36 @@ def checked_image(path):
 
 def store_model(args, store):
     """The model the options ask for, else the one recorded in the store (in the store's image mode)."""
-    from ..train.loading import load_model as load
+    from ..train.loading import load_recorded
     source = store.manifest.get("source") or {}
     stored_mode = source.get("image_mode", "default")
     image_mode = getattr(args, "image_mode", None)
     if image_mode and image_mode != stored_mode:
         raise SystemExit(f"error: the store was encoded with --image-mode {stored_mode}, not {image_mode}: "
                          f"link with --image-mode {stored_mode}, or re-encode the KB")
-    if args.checkpoint or args.init:
-        return load(args.checkpoint, args.encoder, args.init, args.device, image_mode=stored_mode)
-    if not source.get("checkpoint") and not source.get("init"):
-        raise SystemExit("error: the store does not record its model: give --checkpoint or --init")
-    return load(source.get("checkpoint"), args.encoder or source.get("encoder"), source.get("init"), args.device,
-                seed=source.get("seed", 0), sizes=source.get("sizes"), image_mode=stored_mode)
+    return warn_if_random(load_recorded(source, args.checkpoint, args.encoder, args.init, args.device))
+
+
+def warn_if_random(model):
+    """Say on stderr, once, what in the model has random weights (its rankings mean little); the model."""
+    from ..train.loading import random_parts
+    for part in random_parts(model):
+        print(f"warning: {part}", file=sys.stderr)
+    return model
+
+
+def check_store(path: str):
+    """Refuse a KB that is not a store before anything heavy is imported or loaded (a refusal in a
+    fraction of a second); the store is opened, checked in full, later."""
+    from ..kb.versions import read_manifest
+    read_manifest(path)
+
+
+def check_output_file(path: str, option: str):
+    """Refuse an output file that cannot be one (a folder, or in a folder that does not exist) before the work."""
+    from ..fileio import OutputError
+    if os.path.isdir(path):
+        raise OutputError(21, f"{option} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(2, f"{option} {path}: the folder {folder} does not exist")

@@ -73,8 +73,15 @@ def _parse_shard(text):
 
 
 def cmd_encode_kb(args):
-    from ..kb.encode import encode_store, merge_shards
+    from ..kb import versions
+    # what can be refused at once, before the model (and PyTorch) loads: --out, --shard, the entity file
+    shard = _parse_shard(args.shard) if args.shard else None
+    if shard and shard[1] > 1:
+        versions.check_work_target(args.out)
+    else:
+        versions.check_target(args.out)
     entities, folder, kb_fingerprint, config = _kb_source(args)
+    from ..kb.encode import encode_store, merge_shards
     missing = sum(1 for e in entities if e.images and not os.path.isfile(os.path.join(folder, e.images[0])))
     if missing:
         logging.getLogger("mimic").warning("%d of %d entity images are missing under %s: those entities are "
@@ -85,7 +92,6 @@ def cmd_encode_kb(args):
                      progress=not args.no_progress)
         print(f"merged {len(args.merge)} shards into {args.out} ({len(entities)} entities)")
         return
-    shard = _parse_shard(args.shard) if args.shard else None
     gpu = next(model.parameters()).device.type == "cuda"
     autocast = {"none": None, "auto": "fp16" if gpu else None}.get(args.autocast, args.autocast)
     local = args.checkpoint and os.path.exists(args.checkpoint)  # else a Hub name, kept as it is

@@ -1,7 +1,11 @@
 """`explain`: relevance maps and attention of one (mention, entity) pair, as PNGs and JSON."""
 import os
 
-from .common import Formatter, checked_image, model_options, store_model
+from .common import Formatter, check_store, checked_image, model_options, store_model
+
+# every file `explain` may write into --out
+EXPLANATION_FILES = ["explanation.json"] + [f"{side}-{unit}.png" for side in ("mention", "entity")
+                                            for unit in ("s", "s_v", "s_c", "alpha")]
 
 
 def add_explain(sub):
@@ -56,17 +60,29 @@ def _word_table(relevance: dict) -> str:
     return "\n".join(lines)
 
 
+def _refuse_taken(out: str, files, overwrite: bool):
+    taken = [f for f in files if os.path.exists(os.path.join(out, f))]
+    if taken and not overwrite:
+        raise SystemExit(f"error: {out} already holds {', '.join(taken)}; choose another --out or pass --overwrite")
+
+
 def cmd_explain(args):
+    from ..query import Query, check_query
+    # what can be refused at once, before the model (and PyTorch) loads
+    check_store(args.kb)
+    sentence, mention = check_query(args.sentence, args.mention)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"error: --out {args.out} is a file; give a folder")
+    _refuse_taken(args.out, EXPLANATION_FILES, args.overwrite)  # any file this command may write
     from ..explain.heatmap import overlay, overlay_grid
     from ..explain.relevance import UnsupportedBackbone
     from ..fileio import atomic_file, make_dirs, write_json
     from ..kb.store import KBStore
-    from ..linker import Linker, Query, check_query
+    from ..linker import Linker
     from ..model.images import ImageError, open_image
     image = checked_image(args.image)  # a bad image is an error here, not zeros
     store = KBStore.load(args.kb)
     linker = Linker(store_model(args, store), store)
-    sentence, mention = check_query(args.sentence, args.mention)
     # the model's own image pipeline (and image mode) reads the file, as `link` does; encoded once, for
     # choosing the entity and for explaining it
     terms = linker.mention_terms([Query(sentence, mention, args.image)])
@@ -90,9 +106,7 @@ def cmd_explain(args):
         if linker.model.config.metadata.get("init") != "zero-shot":
             pictures[f"{side}-alpha.png"] = overlay(picture, out[f"{side}_alpha"].tolist())
     files = [*pictures, "explanation.json"]
-    taken = [f for f in files if os.path.exists(os.path.join(args.out, f))]
-    if taken and not args.overwrite:
-        raise SystemExit(f"error: {args.out} already holds {', '.join(taken)}; choose another --out or pass --overwrite")
+    _refuse_taken(args.out, files, args.overwrite)  # (made meanwhile)
     make_dirs(args.out)
     for name, picture in pictures.items():
         with atomic_file(os.path.join(args.out, name), "wb") as f:

@@ -1,7 +1,7 @@
 """`kb add | update | remove | compact | upgrade`: edit a store in place."""
 import os
 
-from .common import Formatter, model_options, store_model, wait_option
+from .common import Formatter, check_store, model_options, store_model, wait_option
 
 
 def add_kb(sub):
@@ -57,6 +57,7 @@ def add_kb(sub):
 
 
 def cmd_kb(args):
+    check_store(args.kb)  # at once, before the model (and PyTorch) loads
     from ..data.readers import read_entity_file
     from ..kb.edit import compact_store, edit_store, read_changes, upgrade_store
     from ..kb.store import KBStore

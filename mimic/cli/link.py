@@ -3,7 +3,7 @@ import json
 import logging
 import os
 
-from .common import Formatter, checked_image, model_options, store_model
+from .common import Formatter, check_output_file, check_store, checked_image, model_options, store_model
 
 
 def add_link(sub):
@@ -46,7 +46,7 @@ def add_link(sub):
 def _read_queries(path):
     """-> (queries, image_missing): a query whose image file is missing gets no image and a True flag."""
     from ..data.readers import DataError
-    from ..linker import Query, QueryError, check_query
+    from ..query import Query, QueryError, check_query
     base = os.path.dirname(os.path.abspath(path))
     queries, image_missing, missing, with_image = [], [], [], 0
     try:
@@ -93,17 +93,24 @@ def _results_table(rows):
 
 
 def cmd_link(args):
-    from tqdm.auto import tqdm
-
-    from ..fileio import write_jsonl
-    from ..kb.store import KBStore
-    from ..linker import Linker
+    from ..query import check_query
     single = args.sentence is not None or args.mention is not None
     if single == bool(args.queries):
         raise SystemExit("error: give either --sentence and --mention, or --queries Q.jsonl --out O.jsonl")
     if args.queries and not args.out:
         raise SystemExit("error: --queries needs --out O.jsonl")
+    # what can be refused at once, before the model (and PyTorch) loads
+    check_store(args.kb)
+    if single:
+        check_query(args.sentence, args.mention)
+    else:
+        check_output_file(args.out, "--out")
     queries, image_missing = _read_queries(args.queries) if args.queries else (None, None)
+    from tqdm.auto import tqdm
+
+    from ..fileio import write_jsonl
+    from ..kb.store import KBStore
+    from ..linker import Linker
     if single:
         checked_image(args.image)  # the model's own image pipeline (and image mode) then reads the file
     store = KBStore.load(args.kb)

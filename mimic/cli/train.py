@@ -94,7 +94,7 @@ def cmd_train(args):
     config.ablation.unit_losses = [u for u in config.ablation.unit_losses if u not in args.drop_loss and u in units]
     if not args.checkpoint and not args.init:
         args.init = "random"  # the paper: MIMIC layers start at random on the pretrained CLIP
-    model = load_model(args, config, apply_config=False)  # train() applies the config
+    model = load_model(args, config, apply_config=False, warn=False)  # train() applies the config
     model.config.units = tuple(units)
     model.matcher.units = tuple(units)
     config.pretrained_model = model.config.encoder  # the run's checkpoints record their backbone

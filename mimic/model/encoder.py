@@ -129,6 +129,10 @@ def load_clip(name_or_path: str = DEFAULT_ENCODER, pretrained: bool = True, loca
     try:
         return CLIPModel.from_pretrained(name_or_path, dtype=torch.float32, local_files_only=local_files_only).eval()
     except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EncoderUnavailable(
-            f"could not load the pretrained CLIP {name_or_path!r} (no internet access, or no such model "
-            f"or folder). Download it once with network access, or pass a local folder. Details: {e}") from e
+            f"could not load the pretrained CLIP {name_or_path!r} (no internet access, or no such model or folder). "
+            f"Run once with network access (the weights are then cached), or give a local copy of the model with "
+            f"--encoder DIR (encoder=DIR in Python); to try mimic-el with no download at all, --encoder "
+            f"open_clip:ViT-B-32 builds that architecture with random weights (its rankings mean nothing). "
+            f"Details: {reason}") from e
