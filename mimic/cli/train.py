@@ -79,6 +79,11 @@ def add_calibrate_nil(sub):
 
 
 def cmd_train(args):
+    try:
+        import lightning  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: training needs PyTorch Lightning, which serving does not: pip install -r "
+                         "requirements-dev.txt (from the repository), or pip install 'mimic-el[train]'") from None
     from ..data.readers import load_config
     from ..train.trainer import train
     overrides = list(args.set)

@@ -102,3 +102,15 @@ def test_from_mimic_import_linker_and_import_mimic_stays_light():
     assert out.stdout.split() == ["True", "True", "True"]
     with pytest.raises(AttributeError, match="no attribute 'Linkr'"):
         mimic.Linkr  # noqa: B018
+
+
+def _pinned(name):
+    lines = open(os.path.join(ROOT, name), encoding="utf-8").read().splitlines()
+    return {line.split("==")[0].lower() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def test_serving_installs_no_test_or_training_tools():
+    serving, dev = _pinned("requirements.txt"), _pinned("requirements-dev.txt")
+    assert not serving & {"pytest", "hypothesis", "playwright", "lightning", "psutil"}
+    assert {"pytest", "playwright", "lightning"} <= dev and not serving & dev
+    assert {"torch", "gradio", "faiss-cpu", "open_clip_torch", "omegaconf", "filelock"} <= serving
