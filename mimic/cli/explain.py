@@ -3,6 +3,7 @@ import os
 
 from .common import Formatter, check_store, checked_image, model_options, store_model
 
+UNIT_NAMES = {"s": "S", "s_v": "S_V", "s_c": "S_C"}
 # every file `explain` may write into --out
 EXPLANATION_FILES = ["explanation.json"] + [f"{side}-{unit}.png" for side in ("mention", "entity")
                                             for unit in ("s", "s_v", "s_c", "alpha")]
@@ -52,11 +53,11 @@ def _explained_entity(args, linker, mention_terms: dict) -> int:
     return linker.link_terms(mention_terms, 1, args.exact)["results"][0]["index"]
 
 
-def _word_table(relevance: dict) -> str:
-    top = max(max(relevance["s"], default=0), 1e-30)
+def _word_table(words: list) -> str:
+    top = max(max((w["s"] for w in words), default=0), 1e-30)
     lines = [f"{'word':<16} {'S':>8} {'S_T':>8}"]
-    for token, s, s_t in zip(relevance["tokens"], relevance["s"], relevance["s_t"]):
-        lines.append(f"{token[:16]:<16} {s:8.3f} {s_t:8.3f}  {'█' * round(12 * s / top)}")
+    for w in words:
+        lines.append(f"{w['word'][:16]:<16} {w['s']:8.3f} {w['s_t']:8.3f}  {'█' * round(12 * max(w['s'], 0) / top)}")
     return "\n".join(lines)
 
 
@@ -74,7 +75,7 @@ def cmd_explain(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise SystemExit(f"error: --out {args.out} is a file; give a folder")
     _refuse_taken(args.out, EXPLANATION_FILES, args.overwrite)  # any file this command may write
-    from ..explain.heatmap import overlay, overlay_grid
+    from ..explain.heatmap import overlay_grid, patch_grid, with_scale
     from ..explain.relevance import UnsupportedBackbone
     from ..fileio import atomic_file, make_dirs, write_json
     from ..kb.store import KBStore
@@ -102,9 +103,13 @@ def cmd_explain(args):
         if picture is None or grids is None:
             continue
         for unit in ("s", "s_v", "s_c"):  # S_T reads no image: its maps are zero
-            pictures[f"{side}-{unit}.png"] = overlay_grid(picture, grids[unit])
+            pictures[f"{side}-{unit}.png"] = with_scale(
+                overlay_grid(picture, grids[unit]), grids[unit],
+                f"{side} image: relevance for {UNIT_NAMES[unit]} (compare patches within this picture)")
         if linker.model.config.metadata.get("init") != "zero-shot":
-            pictures[f"{side}-alpha.png"] = overlay(picture, out[f"{side}_alpha"].tolist())
+            alpha = patch_grid(out[f"{side}_alpha"].tolist())
+            pictures[f"{side}-alpha.png"] = with_scale(overlay_grid(picture, alpha), alpha,
+                                                       f"{side} image: CMFU patch attention α (where it pooled)")
     files = [*pictures, "explanation.json"]
     _refuse_taken(args.out, files, args.overwrite)  # (made meanwhile)
     make_dirs(args.out)
@@ -117,7 +122,7 @@ def cmd_explain(args):
     scores = out["scores"]
     print(f"{meta.get('name')} ({meta.get('qid') or index}): S {scores['s']:.3f}  S_T {scores['s_t']:.3f}  "
           f"S_V {scores['s_v']:.3f}  S_C {scores['s_c']:.3f}")
-    print(_word_table(out["token_relevance"]))
+    print(_word_table(out["word_relevance"]))
     for side in ("mention", "entity"):
         if out[f"{side}_relevance"] is None:
             print(f"the {side} has no image: no patch relevance")

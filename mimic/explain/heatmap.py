@@ -2,12 +2,15 @@
 
 The model sees an image resized (squashed, not cropped) to 224 x 224 and cut into 7 x 7 patches of
 32 px. A grid of one value per patch is stretched back over the original picture, so each cell
-covers the part of the photo its patch came from; bright = more.
+covers the part of the photo its patch came from, in the "inferno" colours: dark purple = least,
+through red and orange, to bright yellow = most, from the grid's minimum to its maximum. A grid with one
+value everywhere (no patch stands out: e.g. an all-zero relevance map) tints nothing. `with_scale` adds
+the colour bar and a caption under the picture (what `mimic explain` writes).
 """
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # The "inferno" colour scale (dark = little, bright yellow = much), as 10 stops linearly interpolated
 # into a 256-entry table.
@@ -36,10 +39,46 @@ def overlay_grid(image: Image.Image, grid, opacity: float = 0.55, max_side: int 
     if scale < 1.0:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.LANCZOS)
-    span = grid.max() - grid.min()
-    levels = ((grid - grid.min()) / span * 255).astype(np.uint8) if span > 0 else np.full(grid.shape, 128, np.uint8)
+    if is_flat(grid):
+        return image  # nothing to show: an even tint would look like evidence
+    levels = ((grid - grid.min()) / (grid.max() - grid.min()) * 255).astype(np.uint8)
     colours = Image.fromarray(_LUT[levels]).resize(image.size, Image.Resampling.NEAREST)
     return Image.blend(image, colours, opacity)
+
+
+def is_flat(grid) -> bool:
+    """No patch differs from another (an all-zero relevance map, a uniform α): the grid says nothing."""
+    grid = np.asarray(grid, dtype=np.float64)
+    return not grid.size or float(grid.max() - grid.min()) <= 1e-12 * max(1.0, float(np.abs(grid).max()))
+
+
+def colour_bar(width: int, height: int = 12) -> Image.Image:
+    """The colour scale, least (left) to most (right)."""
+    levels = np.linspace(0, 255, width).round().astype(np.uint8)
+    return Image.fromarray(np.repeat(_LUT[levels][None], height, axis=0))
+
+
+def with_scale(overlaid: Image.Image, grid, caption: str) -> Image.Image:
+    """`overlaid` (from overlay_grid) above its colour bar, labelled "less" and "more" with the grid's
+    range, and a caption line; a flat grid gets "no evidence from this picture" instead of the bar."""
+    font = ImageFont.load_default(size=13)
+    width = max(overlaid.width, 320)
+    canvas = Image.new("RGB", (width, overlaid.height + 52), (255, 255, 255))
+    canvas.paste(overlaid, ((width - overlaid.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    top = overlaid.height + 6
+    if is_flat(grid):
+        draw.text((8, top), "no evidence from this picture: every patch scores the same", fill=(90, 90, 90), font=font)
+    else:
+        grid = np.asarray(grid, dtype=np.float64)
+        low, high = f"less ({grid.min():.3g})", f"more ({grid.max():.3g})"
+        left = 8 + int(draw.textlength(low, font=font)) + 6
+        right = width - 8 - int(draw.textlength(high, font=font)) - 6
+        draw.text((8, top - 1), low, fill=(40, 40, 40), font=font)
+        canvas.paste(colour_bar(max(right - left, 10)), (left, top + 1))
+        draw.text((right + 6, top - 1), high, fill=(40, 40, 40), font=font)
+    draw.text((8, top + 22), caption, fill=(40, 40, 40), font=font)
+    return canvas
 
 
 def overlay(image: Image.Image, alpha, opacity: float = 0.55, max_side: int = 512) -> Image.Image:

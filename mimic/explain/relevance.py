@@ -275,7 +275,9 @@ def explain_pair(model, mention_text: str, mention_image, entity_text: str, enti
     -> {"scores": {"s", "s_t", "s_v", "s_c"} of this pass,
         "mention_relevance", "entity_relevance": {"s", "s_t", "s_v", "s_c"} -> patch grid (rows of floats),
                                                  or None for a side without a usable image,
-        "token_relevance": {"tokens": the mention's words as tokens, "s": [...], "s_t": [...]}}
+        "token_relevance": {"tokens": the mention's words as tokens, "s": [...], "s_t": [...]},
+        "word_relevance": the same over the words of the mention's text (`words_of`: tokens joined into
+                          words, the [SEP] marker left out): [{"word", "start", "end", "s", "s_t"}]}
     """
     scores, relevance, batch = relevance_pass(model, [mention_text, entity_text], [mention_image, entity_image], tracer)
     out = {"scores": {k: float(getattr(scores, k).detach()) for k in GRID_TARGETS}}
@@ -288,6 +290,8 @@ def explain_pair(model, mention_text: str, mention_image, entity_text: str, enti
     ids = batch["input_ids"][0, words].tolist()
     out["token_relevance"] = {"tokens": readable_tokens(model.processor.tokenizer, ids),
                               **{k: relevance[k]["text"][0, words].tolist() for k in TOKEN_TARGETS}}
+    out["word_relevance"] = words_of(mention_text, out["token_relevance"]["tokens"],
+                                     {k: out["token_relevance"][k] for k in TOKEN_TARGETS})
     return out
 
 
@@ -302,3 +306,27 @@ def token_spans(text: str, tokens: list) -> list:
         spans.append(found.span() if found else None)
         cursor = found.end() if found else cursor
     return spans
+
+
+SEPARATOR = "[SEP]"  # the marker between mention and sentence (mimic/model/processing.py): not a word read
+
+
+def words_of(text: str, tokens: list, relevance: dict) -> list:
+    """The relevance of each word of `text` the model read: tokens (from `readable_tokens`) whose characters
+    touch are one word (sub-word pieces and their punctuation), its relevance the sum of theirs; the [SEP]
+    marker is left out. relevance: {unit: a value per token} -> [{"word", "start", "end", unit: value}]."""
+    out = []
+    for position, span in enumerate(token_spans(text, tokens)):
+        if span is None:
+            continue
+        if out and out[-1]["end"] == span[0]:
+            word = out[-1]
+            word["end"] = span[1]
+        else:
+            word = {"start": span[0], "end": span[1], **{unit: 0.0 for unit in relevance}}
+            out.append(word)
+        for unit, values in relevance.items():
+            word[unit] += float(values[position])
+    for word in out:
+        word["word"] = text[word["start"]:word["end"]]
+    return [w for w in out if w["word"].upper() != SEPARATOR]

@@ -124,7 +124,7 @@ def test_eager_pass_gives_the_linking_scores_and_restores_sdpa(tiny_model, synth
 def test_explanation_shapes_nulls_and_words(tiny_model, synth_dataset):
     text, image, etext, eimage = _pair(synth_dataset)
     out = explain_pair(tiny_model, text, image, etext, eimage)
-    assert set(out) == {"scores", "mention_relevance", "entity_relevance", "token_relevance"}
+    assert set(out) == {"scores", "mention_relevance", "entity_relevance", "token_relevance", "word_relevance"}
     for side in ("mention_relevance", "entity_relevance"):
         assert set(out[side]) == set(GRID_TARGETS)
         for grid in out[side].values():
@@ -137,6 +137,11 @@ def test_explanation_shapes_nulls_and_words(tiny_model, synth_dataset):
     assert words["tokens"][:4] == [synth_dataset.split("test")[0].mention, "[", "sep", "]"]
     assert "".join(words["tokens"][4:]) == sentence.replace(" ", "")
     assert len(words["s"]) == len(words["s_t"]) == len(words["tokens"]) and min(words["s"]) >= 0
+    by_word = out["word_relevance"]  # the same over words: [SEP] left out, pieces and punctuation joined
+    mention = synth_dataset.split("test")[0].mention
+    assert [w["word"] for w in by_word] == [mention] + sentence.split(" ")
+    assert by_word[0]["s"] == pytest.approx(words["s"][0]) and by_word[-1]["word"].endswith(".")
+    assert sum(w["s"] for w in by_word) == pytest.approx(sum(words["s"]) - sum(words["s"][1:4]))
     no_images = explain_pair(tiny_model, text, None, etext, None)
     assert no_images["mention_relevance"] is None and no_images["entity_relevance"] is None
     broken = explain_pair(tiny_model, text, b"not an image", etext, "/nonexistent.jpg")
@@ -321,10 +326,15 @@ def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_p
     names = sorted(os.listdir(out))
     assert names == ["entity-s.png", "entity-s_c.png", "entity-s_v.png", "explanation.json", "mention-s.png",
                      "mention-s_c.png", "mention-s_v.png"]  # zero-shot: no alpha (uniform), S_T: no image maps
-    assert Image.open(os.path.join(out, "mention-s.png")).size == Image.open(EXAMPLE_IMAGE).size
+    width, height = Image.open(EXAMPLE_IMAGE).size
+    drawn = Image.open(os.path.join(out, "mention-s.png")).convert("RGB")
+    assert drawn.size == (max(width, 320), height + 52)  # the picture, then its colour bar and caption
+    bar = np.asarray(drawn)[height + 8:height + 18].reshape(-1, 3)
+    assert (bar == [0, 0, 4]).all(1).any() and (bar == [252, 255, 164]).all(1).any()  # least and most of the scale
     record = json.load(open(os.path.join(out, "explanation.json")))
     assert record["entity"]["qid"] == "Q1000" and len(record["mention_relevance"]["s_v"]) == 7
     assert record["token_relevance"]["tokens"][:4] == ["falcon", "[", "sep", "]"]
+    assert "\nsep " not in printed and "\n[ " not in printed and "\nlima " in printed  # the table shows words
     before = os.path.getmtime(os.path.join(out, "mention-s.png"))
     with pytest.raises(SystemExit, match="already holds .*mention-s.png.*--overwrite"):
         main([*query, "--image", EXAMPLE_IMAGE, "--qid", "Q1000", "--out", out])
