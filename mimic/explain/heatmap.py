@@ -60,16 +60,19 @@ def colour_bar(width: int, height: int = 12) -> Image.Image:
 
 def with_scale(overlaid: Image.Image, grid, caption: str) -> Image.Image:
     """`overlaid` (from overlay_grid) above its colour bar, labelled "less" and "more" with the grid's
-    range, and a caption line; a flat grid gets "no evidence from this picture" instead of the bar."""
+    range, and a caption; a flat grid gets "no evidence from this picture" instead of the bar."""
     font = ImageFont.load_default(size=13)
     width = max(overlaid.width, 320)
-    canvas = Image.new("RGB", (width, overlaid.height + 52), (255, 255, 255))
+    flat = is_flat(grid)
+    notice = _wrapped("no evidence from this picture: every patch scores the same", font, width - 16) if flat else []
+    lines = _wrapped(caption, font, width - 16)
+    bar_height = 0 if flat else 22
+    canvas = Image.new("RGB", (width, overlaid.height + 12 + bar_height + 18 * (len(notice) + len(lines))),
+                       (255, 255, 255))
     canvas.paste(overlaid, ((width - overlaid.width) // 2, 0))
     draw = ImageDraw.Draw(canvas)
     top = overlaid.height + 6
-    if is_flat(grid):
-        draw.text((8, top), "no evidence from this picture: every patch scores the same", fill=(90, 90, 90), font=font)
-    else:
+    if not flat:
         grid = np.asarray(grid, dtype=np.float64)
         low, high = f"less ({grid.min():.3g})", f"more ({grid.max():.3g})"
         left = 8 + int(draw.textlength(low, font=font)) + 6
@@ -77,8 +80,20 @@ def with_scale(overlaid: Image.Image, grid, caption: str) -> Image.Image:
         draw.text((8, top - 1), low, fill=(40, 40, 40), font=font)
         canvas.paste(colour_bar(max(right - left, 10)), (left, top + 1))
         draw.text((right + 6, top - 1), high, fill=(40, 40, 40), font=font)
-    draw.text((8, top + 22), caption, fill=(40, 40, 40), font=font)
+    for number, (line, colour) in enumerate([(n, (110, 110, 110)) for n in notice] + [(c, (40, 40, 40)) for c in lines]):
+        draw.text((8, top + bar_height + 18 * number), line, fill=colour, font=font)
     return canvas
+
+
+def _wrapped(text: str, font, width: int) -> list:
+    """`text` in lines of at most `width` pixels (a word longer than that gets a line of its own)."""
+    lines = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def overlay(image: Image.Image, alpha, opacity: float = 0.55, max_side: int = 512) -> Image.Image:

@@ -328,7 +328,7 @@ def test_explain_command_writes_overlays_and_refuses_to_overwrite(synth_config_p
                      "mention-s_c.png", "mention-s_v.png"]  # zero-shot: no alpha (uniform), S_T: no image maps
     width, height = Image.open(EXAMPLE_IMAGE).size
     drawn = Image.open(os.path.join(out, "mention-s.png")).convert("RGB")
-    assert drawn.size == (max(width, 320), height + 52)  # the picture, then its colour bar and caption
+    assert drawn.width == max(width, 320) and drawn.height > height + 40  # the picture, its colour bar, a caption
     bar = np.asarray(drawn)[height + 8:height + 18].reshape(-1, 3)
     assert (bar == [0, 0, 4]).all(1).any() and (bar == [252, 255, 164]).all(1).any()  # least and most of the scale
     record = json.load(open(os.path.join(out, "explanation.json")))
