@@ -41,7 +41,7 @@ def add_encode_kb(sub):
                    help="entities per resumable chunk (an interruption loses at most one chunk)")
     p.add_argument("--precision", choices=["compact", "mixed", "float32"], default="compact",
                    help="compact: 5.3 kB per entity (4-bit codes of the token terms, 24-bit for the rest; see "
-                        "README for the error); mixed: format 1's (float16 token terms, 11.7 kB); float32: exact (19.5 kB)")
+                        "docs/store.md for the error); mixed: format 1's (float16 token terms, 11.7 kB); float32: exact (19.5 kB)")
     p.add_argument("--shard", metavar="I/N", help="encode only shard I of N (0-based) into --out")
     p.add_argument("--merge", nargs="+", metavar="SHARD_DIR", help="assemble finished shard folders into --out")
     p.add_argument("--restart", action="store_true", help="discard an unfinished encoding of --out and start over")

@@ -18,7 +18,7 @@ def add_explain(sub):
                                    "S_T reads no image), written as PNG overlays, and the relevance of each of the "
                                    "mention's words for S and S_T, printed. The method is Chefer et al.'s "
                                    "gradient-weighted attention relevance (ICCV 2021), with every output token "
-                                   "MIMIC reads taken into account (see the README). With a trained checkpoint the "
+                                   "MIMIC reads taken into account (see docs/library.md). With a trained checkpoint the "
                                    "CMFU patch attention alpha is drawn too (it is uniform under zero-shot).",
                        epilog="examples:\n"
                               "  python -m mimic explain --kb kb/demo --sentence \"A portrait of Hopper was unveiled.\" "

@@ -29,7 +29,7 @@ of the change of S over the float32 top-10):
     affine4 codes for tglu.query, and the top-10 order of 2 % of queries), float24 4e-5;
   - cmfu.alpha is only drawn (the CMFU heatmap), never scored.
 `vdlu.e2m.q_norm` is not stored in format 2: it is layer_norm(vdlu.e2m.q), recomputed at query time
-(`DERIVED`). The README has the figures measured at scale. Coded values are copied, never coded
+(`DERIVED`). docs/store.md has the figures measured at scale. Coded values are copied, never coded
 twice, when a store is rewritten at the same precision (`kb compact`): centred4 is not idempotent.
 """
 import warnings

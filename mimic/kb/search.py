@@ -18,7 +18,7 @@ exceeds every remaining bound: the result is provably the set's top-k (ties brok
   tglu.query is read only for the entities scored fully. Exactly the exhaustive top-k.
 - default: the set is the `candidates` best entities of the retrieval index (mimic/kb/retrieval.py).
   The answer is the exhaustive top-k whenever that lies among the candidates; benchmarks/scale.py
-  measures how often (every one of 200 queries at 110,000 and 1,000,000 entities, see the README).
+  measures how often (every one of 200 queries at 110,000 and 1,000,000 entities, see docs/store.md).
 """
 import math
 

@@ -17,7 +17,7 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def encode_batch(model, texts: list, images: list, side: str, device=None, autocast: str = None) -> dict:
     """One batch -> the `side` ("entity" or "mention") terms of the matcher, on the CPU, in float32.
     autocast "bf16" or "fp16" runs the encoder and the matcher in that precision where PyTorch's autocast
-    deems it safe (matrix products; norms and softmax stay float32): faster on a GPU, see the README
+    deems it safe (matrix products; norms and softmax stay float32): faster on a GPU, see docs/store.md
     for its effect on S."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in model.processor(texts, images).items()}

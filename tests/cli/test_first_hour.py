@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 import pytest
 
@@ -115,4 +116,13 @@ def test_the_readme_builds_the_demo_kb_with_one_command(tmp_path, tiny_clip):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "KB store written to" in out.stdout and "(51 entities)" in out.stdout
+    # the README's Python example, on that store: it runs as printed and links Hopper to a Hopper
+    python = readme.split("## Link from Python")[1].split("```python\n")[1].split("```")[0]
+    python = python.replace('"kb/demo"', repr(str(tmp_path / "demo")))
+    code = python + "import json; print(json.dumps([len(result['results']), result['results'][0]['name'], why['scores']]))\n"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    count, best, scores = json.loads(out.stdout.splitlines()[-1])  # random weights: any entity may come first
+    names = {unquote(e["entity_name"]) for e in json.load(open(os.path.join(ROOT, "assets", "demo_kb", "kb_entity.json")))}
+    assert count == 5 and best in names and set(scores) == {"s", "s_t", "s_v", "s_c"}
     shutil.rmtree(tmp_path / "demo")
