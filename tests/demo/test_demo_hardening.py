@@ -9,6 +9,7 @@ import json
 import re
 
 import gradio as gr
+import httpx
 import pytest
 from PIL import Image
 
@@ -102,9 +103,12 @@ def test_every_handler_refuses_oversized_data_urls_as_the_request_joins(app_serv
     texts[raw.component(label="Sentence")] = GOOD[0]
     status, text = join(raw, api_name, {**texts, image: {"url": data_url(png_bomb())}})
     assert status == 400 and f"{BOMB_SIDE} x {BOMB_SIDE} pixels is more than the 64 megapixels" in text
-    big = {"url": "data:image/png;base64," + "iVBORw0K" * (27 * 2**20 // 6)}  # 27 MB once decoded
+    big = {"url": "data:image/png;base64," + "iVBORw0K" * (21 * 2**20 // 6)}  # 21 MB once decoded
     status, text = join(raw, api_name, {**texts, image: big})
-    assert status == 400 and "The image is 27.0 MB; the limit is 20 MB" in text
+    assert status == 400 and "The image is 21.0 MB; the limit is 20 MB" in text
+    bigger = {"url": "data:image/png;base64," + "iVBORw0K" * (27 * 2**20 // 6)}  # the filed 27 MB: 36 MB of JSON
+    status, text = join(raw, api_name, {**texts, image: bigger})
+    assert status == 413 and "larger than 32 MB, the limit" in text
 
 
 def test_a_client_cannot_name_a_server_file_as_its_image(app_server):
@@ -286,3 +290,27 @@ def test_the_middleware_sees_gradios_heartbeat_stream():
     now[0] = 100.0
     assert TestClient(app).get("/gradio_api/heartbeat/abc").status_code == 200
     assert sessions._sessions["abc"][1:] == [0.0, 100.0]
+
+
+# -- item 2, the body that carries a data URL -------------------------------------------------------
+
+def test_a_body_past_the_limit_is_refused_while_it_arrives(app_server):
+    """Gradio reads a JSON body whole: past 32 MB it is refused from its Content-Length (nothing read), and
+    one sent in chunks without a length is cut off once it passes; the server then answers as before."""
+    from demo.bodies import MAX_BODY_BYTES
+    url, client, _ = app_server
+    raw = RawSession(url)
+    body = b'{"data": ["' + b"x" * (MAX_BODY_BYTES + 1) + b'"]}'
+    answer = raw.http.post(f"{url}gradio_api/queue/join", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "larger than 32 MB, the limit" in answer.text
+
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 2**20  # 40 MB, no Content-Length
+    try:
+        answer = raw.http.post(f"{url}gradio_api/queue/join", content=chunks(),
+                               headers={"content-type": "application/json"})
+        assert answer.status_code >= 400
+    except httpx.TransportError:
+        pass  # the server may also close the connection while the body still arrives
+    assert len(client.predict(*GOOD, None, 3, api_name="/link")["results"]) == 3
