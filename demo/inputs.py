@@ -11,7 +11,7 @@ from gradio.utils import is_in_or_equal
 from mimic.kb.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from mimic.model.images import ImageError, open_image
 
-from .pictures import data_url_image, picture_data, unusable
+from .pictures import data_url_image, example_thumbnail, picture_data, unusable
 from .safe_text import markdown_literal
 
 MAX_SENTENCE_CHARS = 100_000
@@ -25,27 +25,39 @@ LIMITS = {"sentence": MAX_SENTENCE_CHARS, "mention": MAX_MENTION_CHARS, "name": 
           "description": MAX_DESCRIPTION_CHARS, "entity": MAX_ENTITY_CHARS, "message": MAX_NOTE_CHARS}
 
 
+class ImageProblem(str):
+    """Why the image a client sent cannot be used: what ImageFile hands over in its place."""
+
+
 class ImageFile(gr.Image):
     """Gradio's image input, handing the picture over unopened: mimic.model.images opens it safely and says
     what is wrong with a bad file (Gradio's own conversion would fail with a bare error). A picture sent
     as a data URL is bounded like an upload and handed over as its bytes (Gradio would decode it at full
     size); a path is taken only inside Gradio's upload folder (a client may name any path); an example's
-    picture is sent to the page as a data URL, not as a server path."""
+    picture is sent to the page as a data URL (a thumbnail in the examples table), not as a server path."""
     is_template = True  # the page draws it with Gradio's image widget
 
     def preprocess(self, payload):
+        """-> an uploaded file's path, a data URL's bytes, None, or an ImageProblem (refused by the
+        validator as the request joins the queue, with the other limits, and again by the handler)."""
         if payload is None:
             return None
-        if payload.url and payload.url.startswith("data:"):  # a pasted or webcam image, or an API client's
-            return data_url_image(payload.url)
-        if not payload.path:
-            return None
-        if not is_in_or_equal(payload.path, self.GRADIO_CACHE):
-            raise unusable("it was not uploaded (upload the file, or send it as a data URL)")
+        try:
+            if payload.url and payload.url.startswith("data:"):  # a pasted or webcam image, or an API client's
+                return data_url_image(payload.url)
+            if not payload.path:
+                return None
+            if not is_in_or_equal(payload.path, self.GRADIO_CACHE):
+                raise unusable("it was not uploaded (upload the file, or send it as a data URL)")
+        except gr.Error as e:
+            return ImageProblem(e.message)
         return str(payload.path)
 
     def postprocess(self, value):
         return picture_data(value, self.format)
+
+    def process_example(self, value):
+        return example_thumbnail(value)
 
 
 class TopK(gr.Slider):
@@ -59,7 +71,9 @@ class TopK(gr.Slider):
 
 def input_problem(what: str, value) -> str:
     """What is wrong with `value` as the input `what` ("sentence", "mention", "name", "description",
-    "entity", "message" or "top_k"), or "" when it is within its limits."""
+    "entity", "message", "image" or "top_k"), or "" when it is within its limits."""
+    if what == "image":
+        return str(value) if isinstance(value, ImageProblem) else ""
     if what == "top_k":
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
               and value == int(value))
@@ -130,6 +144,8 @@ def uploaded_image(image_path):
     that cannot be used is a gr.Error saying why."""
     if not image_path:
         return None
+    if isinstance(image_path, ImageProblem):
+        raise gr.Error(str(image_path))
     try:
         return open_image(image_path)
     except ImageError as e:

@@ -132,7 +132,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         explain_inputs = [state, candidate, patch_unit, word_unit]
         explain_outputs = [mention_relevance, entity_relevance, words, mention_map, entity_map, tokens, explain_note,
                            explanation]
-        query_limits = input_validator("sentence", "mention", None, "top_k")
+        query_limits = input_validator("sentence", "mention", "image", "top_k")
         gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
               [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model",
               validator=query_limits).then(
@@ -147,10 +147,10 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
                          concurrency_id="model", validator=query_limits)
         api_explain_button.click(app.api_explain, [sentence, mention, image, api_entity], api_out, api_name="explain",
-                                 concurrency_id="model", validator=input_validator("sentence", "mention", None,
+                                 concurrency_id="model", validator=input_validator("sentence", "mention", "image",
                                                                                    "entity"))
         add_button.click(app.add_entity, [new_name, new_description, new_image], added, api_name="add_entity",
-                         concurrency_id="model", validator=input_validator("name", "description", None)).then(added_note, added,
+                         concurrency_id="model", validator=input_validator("name", "description", "image")).then(added_note, added,
                                                       add_note, api_visibility="private")
         page.unload(app.end_session)  # the tab is closed: its entities are forgotten
     page.app_state = app

@@ -18,10 +18,11 @@ import gradio as gr
 from gradio.data_classes import ImageData
 from PIL import Image
 
-from mimic.model.images import ImageError, check_image
+from mimic.model.images import ImageError, check_image, open_image
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # per picture, uploaded or sent as a data URL
 MAX_DATA_URL_HEADER = 100  # characters before the comma of "data:image/png;base64,..."
+EXAMPLE_SIDE = 128  # px: the examples table's thumbnails, sent in the page's config
 
 
 def unusable(problem) -> gr.Error:
@@ -71,6 +72,18 @@ def picture_data(value, image_format: str = "webp"):
     value.save(buffer, format=image_format)
     mime = Image.MIME.get(image_format, "image/webp")
     return ImageData(url=as_data_url(buffer.getvalue(), mime), mime_type=mime)
+
+
+def example_thumbnail(path):
+    """An example's picture as the examples table shows it: a small JPEG data URL (the table is part of the
+    page's config, which every visitor loads; the full picture is sent when the example is chosen)."""
+    if path is None:
+        return None
+    image = open_image(path)
+    image.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return ImageData(url=as_data_url(buffer.getvalue(), "image/jpeg"), mime_type="image/jpeg").model_dump()
 
 
 class Picture(gr.Image):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from demo import pictures
-from demo.inputs import ImageFile, added_note, input_problem
+from demo.inputs import ImageFile, ImageProblem, added_note, input_problem, uploaded_image
 from demo.sessions import MAX_SESSIONS, SILENT_SECONDS, HeartbeatWatch, SessionEntities
 from mimic.kb.overlay import OverlayFull
 from tests.conftest import EXAMPLE_IMAGE
@@ -58,18 +58,22 @@ def test_a_data_url_bomb_is_refused_from_its_header_without_decoding(monkeypatch
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", never)
     monkeypatch.setattr("gradio.image_utils.decode_base64_to_image", never)
     component = ImageFile(type="filepath", image_mode=None)
-    with pytest.raises(gr.Error, match=f"{BOMB_SIDE} x {BOMB_SIDE} pixels is more than the 64 megapixels"):
-        component.preprocess(component.data_model(url=data_url(bomb)))
+    problem = component.preprocess(component.data_model(url=data_url(bomb)))
+    assert isinstance(problem, ImageProblem)
+    assert input_problem("image", problem) == (
+        f"The image cannot be used: the image: {BOMB_SIDE} x {BOMB_SIDE} pixels is more than the 64 megapixels "
+        "accepted. Try a JPEG, PNG or WebP photo, or remove it.")
+    with pytest.raises(gr.Error, match="pixels is more than the 64 megapixels"):  # the handler refuses it too
+        uploaded_image(problem)
 
 
 def test_an_oversized_data_url_is_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
     component = ImageFile(type="filepath", image_mode=None)
     huge = "data:image/png;base64," + "A" * (28 * 2**20 * 4 // 3)  # 28 MB once decoded
-    with pytest.raises(gr.Error, match=r"The image is 28\.0 MB; the limit is 20 MB"):
-        component.preprocess(component.data_model(url=huge))
-    with pytest.raises(gr.Error, match="must be base64"):
-        component.preprocess(component.data_model(url="data:image/png," + "x" * 100))
+    assert component.preprocess(component.data_model(url=huge)) == "The image is 28.0 MB; the limit is 20 MB."
+    assert "must be base64" in component.preprocess(component.data_model(url="data:image/png," + "x" * 100))
+    assert input_problem("image", None) == input_problem("image", "/tmp/gradio/x.png") == ""
 
 
 def test_a_data_url_picture_links_as_the_same_upload_does(app_server):
@@ -84,6 +88,9 @@ def test_a_data_url_picture_links_as_the_same_upload_does(app_server):
     blank = client.predict(*GOOD, None, 3, api_name="/link")["results"]
     assert [(r["index"], round(r["s_v"], 5)) for r in inline] == [(r["index"], round(r["s_v"], 5)) for r in uploaded]
     assert [round(r["s_v"], 5) for r in inline] != [round(r["s_v"], 5) for r in blank]
+    # a client of the API reads why a picture is refused (a validation error, as for the other limits)
+    with pytest.raises(Exception, match=f"{BOMB_SIDE} x {BOMB_SIDE} pixels is more than the 64 megapixels"):
+        client.predict(*GOOD, {"url": data_url(png_bomb())}, 3, api_name="/link")
 
 
 @pytest.mark.parametrize("api_name", ["link", "ui_link", "explain", "add_entity"])
@@ -102,10 +109,10 @@ def test_every_handler_refuses_oversized_data_urls_as_the_request_joins(app_serv
         assert status == 422 and "limit is 100,000 characters" in text
     texts[raw.component(label="Sentence")] = GOOD[0]
     status, text = join(raw, api_name, {**texts, image: {"url": data_url(png_bomb())}})
-    assert status == 400 and f"{BOMB_SIDE} x {BOMB_SIDE} pixels is more than the 64 megapixels" in text
+    assert status == 422 and f"{BOMB_SIDE} x {BOMB_SIDE} pixels is more than the 64 megapixels" in text
     big = {"url": "data:image/png;base64," + "iVBORw0K" * (21 * 2**20 // 6)}  # 21 MB once decoded
     status, text = join(raw, api_name, {**texts, image: big})
-    assert status == 400 and "The image is 21.0 MB; the limit is 20 MB" in text
+    assert status == 422 and "The image is 21.0 MB; the limit is 20 MB" in text
     bigger = {"url": "data:image/png;base64," + "iVBORw0K" * (27 * 2**20 // 6)}  # the filed 27 MB: 36 MB of JSON
     status, text = join(raw, api_name, {**texts, image: bigger})
     assert status == 413 and "larger than 32 MB, the limit" in text
@@ -120,7 +127,7 @@ def test_a_client_cannot_name_a_server_file_as_its_image(app_server):
               raw.component(label="Top k"): 3}
     for path in (EXAMPLE_IMAGE, "/etc/hostname", str(tmp / "ckpt")):
         status, text = join(raw, "link", {**values, raw.component(label="Image"): {"path": path}})
-        assert status == 400 and "it was not uploaded" in text, (path, text)
+        assert status == 422 and "it was not uploaded" in text, (path, text)
         assert path not in text
 
 
@@ -176,8 +183,10 @@ def test_hidden_handlers_answer_without_temporary_file_paths(app_server):
     url, _, tmp = app_server
     raw = RawSession(url)
     example = next(d for d in raw.config["dependencies"] if d["api_name"] == "load_example")
-    # the examples' images: the first example with an image
-    answers = []
+    config = raw.http.get(f"{url}config").text  # the examples table: thumbnails as data URLs
+    assert config.count('"url": "data:image/jpeg;base64,') + config.count('"url":"data:image/jpeg;base64,') >= 5
+    assert len(config) < 400_000, len(config)
+    answers = [config]
     for index in range(3):
         success, output, _, _ = raw.call(example, {example["inputs"][0]: index})
         assert success is True
@@ -191,6 +200,7 @@ def test_hidden_handlers_answer_without_temporary_file_paths(app_server):
     ui_link = next(d for d in raw.config["dependencies"] if d["api_name"] == "ui_link")
     success, output, _, _ = raw.call(ui_link, values)
     assert success is True
+    answers.append(json.dumps(output))
     candidate = raw.component(elem_id="candidate")
     explain = next(d for d in raw.dependencies_reading(candidate) if d["api_name"] == "ui_explain"
                    and d["targets"])
@@ -314,3 +324,20 @@ def test_a_body_past_the_limit_is_refused_while_it_arrives(app_server):
     except httpx.TransportError:
         pass  # the server may also close the connection while the body still arrives
     assert len(client.predict(*GOOD, None, 3, api_name="/link")["results"]) == 3
+
+
+def test_an_examples_picture_reaches_the_model_from_the_page(app_server, browser_page):
+    """Headless Chromium: the example's picture now comes to the page as a data URL; pressing Link sends it
+    back that way and the model sees it (the mention's relevance map is drawn over it, not "no image")."""
+    from playwright.sync_api import expect
+    url, _, _ = app_server
+    page = browser_page
+    page.goto(url)
+    page.get_by_text("Text alone points to the painter Edward Hopper").first.click()
+    expect(page.get_by_label("Mention")).to_have_value("Hopper", timeout=30_000)
+    src = page.locator("img[src^='data:image/jpeg;base64,']").first
+    expect(src).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Link", exact=True).click()
+    expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
+    expect(page.locator("#mention-relevance")).to_contain_text("Mention image: relevance for S", timeout=30_000)
+    expect(page.locator("#mention-relevance img")).to_have_attribute("src", re.compile("^data:image/webp;base64,"))
