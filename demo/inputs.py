@@ -2,34 +2,62 @@
 validator when the request joins the queue, and again in the handler), the image and Top k components
 that leave the checking to us, and the mention's occurrences in the sentence."""
 import itertools
+import math
 import re
 
 import gradio as gr
+from gradio.utils import is_in_or_equal
 
 from mimic.kb.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from mimic.model.images import ImageError, open_image
+
+from .pictures import data_url_image, example_thumbnail, picture_data, unusable
+from .safe_text import markdown_literal
 
 MAX_SENTENCE_CHARS = 100_000
 MAX_MENTION_CHARS = 1_000
 MAX_OCCURRENCES = 50  # occurrences of the mention offered in the chooser
 MAX_TOP_K = 20
 MAX_ENTITY_CHARS = 40  # an entity for /explain: a KB index or a session id ("session:N")
-MAX_UPLOAD = "20mb"  # per file, refused by the server before it is stored
+MAX_UPLOAD = "20mb"  # per file, refused by the server before it is stored (pictures.MAX_UPLOAD_BYTES)
+MAX_NOTE_CHARS = 1_000  # the message of an added entity (name and description are bounded before it)
 LIMITS = {"sentence": MAX_SENTENCE_CHARS, "mention": MAX_MENTION_CHARS, "name": MAX_NAME_CHARS,
-          "description": MAX_DESCRIPTION_CHARS, "entity": MAX_ENTITY_CHARS}
+          "description": MAX_DESCRIPTION_CHARS, "entity": MAX_ENTITY_CHARS, "message": MAX_NOTE_CHARS}
+
+
+class ImageProblem(str):
+    """Why the image a client sent cannot be used: what ImageFile hands over in its place."""
 
 
 class ImageFile(gr.Image):
-    """Gradio's image input, handing the uploaded file over unopened: mimic.model.images opens it safely
-    and says what is wrong with a bad file (Gradio's own conversion would fail with a bare error)."""
+    """Gradio's image input, handing the picture over unopened: mimic.model.images opens it safely and says
+    what is wrong with a bad file (Gradio's own conversion would fail with a bare error). A picture sent
+    as a data URL is bounded like an upload and handed over as its bytes (Gradio would decode it at full
+    size); a path is taken only inside Gradio's upload folder (a client may name any path); an example's
+    picture is sent to the page as a data URL (a thumbnail in the examples table), not as a server path."""
     is_template = True  # the page draws it with Gradio's image widget
 
     def preprocess(self, payload):
+        """-> an uploaded file's path, a data URL's bytes, None, or an ImageProblem (refused by the
+        validator as the request joins the queue, with the other limits, and again by the handler)."""
         if payload is None:
             return None
-        if payload.url and payload.url.startswith("data:"):  # a pasted or webcam image
-            return super().preprocess(payload)
-        return str(payload.path) if payload.path else None
+        try:
+            if payload.url and payload.url.startswith("data:"):  # a pasted or webcam image, or an API client's
+                return data_url_image(payload.url)
+            if not payload.path:
+                return None
+            if not is_in_or_equal(payload.path, self.GRADIO_CACHE):
+                raise unusable("it was not uploaded (upload the file, or send it as a data URL)")
+        except gr.Error as e:
+            return ImageProblem(e.message)
+        return str(payload.path)
+
+    def postprocess(self, value):
+        return picture_data(value, self.format)
+
+    def process_example(self, value):
+        return example_thumbnail(value)
 
 
 class TopK(gr.Slider):
@@ -43,9 +71,12 @@ class TopK(gr.Slider):
 
 def input_problem(what: str, value) -> str:
     """What is wrong with `value` as the input `what` ("sentence", "mention", "name", "description",
-    "entity" or "top_k"), or "" when it is within its limits."""
+    "entity", "message", "image" or "top_k"), or "" when it is within its limits."""
+    if what == "image":
+        return str(value) if isinstance(value, ImageProblem) else ""
     if what == "top_k":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and value == int(value))
         return "" if ok and 1 <= value <= MAX_TOP_K else f"Top k must be a whole number from 1 to {MAX_TOP_K}."
     limit = LIMITS[what]
     if value is not None and not isinstance(value, str):
@@ -53,6 +84,14 @@ def input_problem(what: str, value) -> str:
     if value and len(value) > limit:
         return f"The {what} is {len(value):,} characters long; the limit is {limit:,} characters."
     return ""
+
+
+def added_note(result) -> str:
+    """The note under "Add an entity", from /add_entity's answer (the page passes it back: a client of the
+    page's endpoints may pass anything, so its length is bounded and anything else shows nothing)."""
+    message = result.get("message") if isinstance(result, dict) else None
+    check_inputs(message=message)
+    return markdown_literal(message) if message else ""
 
 
 def check_inputs(**values):
@@ -101,10 +140,13 @@ def describe_mention(sentence: str, mention: str, chosen=0):
 
 
 def uploaded_image(image_path):
-    """The visitor's image, upright RGB, or None; a file that cannot be used is a gr.Error saying why."""
+    """The visitor's image (an uploaded file's path, or a data URL's bytes), upright RGB, or None; a file
+    that cannot be used is a gr.Error saying why."""
     if not image_path:
         return None
+    if isinstance(image_path, ImageProblem):
+        raise gr.Error(str(image_path))
     try:
         return open_image(image_path)
     except ImageError as e:
-        raise gr.Error(f"The image cannot be used: {e}. Try a JPEG, PNG or WebP photo, or remove it.")
+        raise unusable(e)

@@ -16,11 +16,12 @@ from .inputs import (
     MAX_TOP_K,
     ImageFile,
     TopK,
+    added_note,
     describe_mention,
     input_validator,
 )
 from .kb import DEMO_KB
-from .safe_text import markdown_literal
+from .pictures import Picture
 from .sessions import PER_SESSION
 
 TABLE_HEADERS = ["Rank", "Image", "Entity", "Description", "S"]
@@ -85,9 +86,9 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         patch_unit = gr.Radio(PATCH_UNITS, value="s", label="Patch relevance for (S_T reads no image)",
                               elem_id="patch-unit")
         with gr.Row():
-            mention_relevance = gr.Image(label="Mention image: relevance", visible=False, interactive=False,
+            mention_relevance = Picture(label="Mention image: relevance", visible=False, interactive=False,
                                          elem_id="mention-relevance", height=300)
-            entity_relevance = gr.Image(label="Candidate image: relevance", visible=False, interactive=False,
+            entity_relevance = Picture(label="Candidate image: relevance", visible=False, interactive=False,
                                         elem_id="entity-relevance", height=300)
         word_unit = gr.Radio(WORD_UNITS, value="s", label="Word relevance for", elem_id="word-unit")
         words = gr.HighlightedText(label="Words: relevance", visible=False, show_legend=False,
@@ -95,9 +96,9 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         gr.Markdown(ATTENTION_HELP)
         explain_note = gr.Markdown(visible=False)
         with gr.Row():
-            mention_map = gr.Image(label="Mention image: CMFU patch attention α", visible=False, interactive=False,
+            mention_map = Picture(label="Mention image: CMFU patch attention α", visible=False, interactive=False,
                                    elem_id="mention-heatmap", height=300)
-            entity_map = gr.Image(label="Candidate image: CMFU patch attention α", visible=False, interactive=False,
+            entity_map = Picture(label="Candidate image: CMFU patch attention α", visible=False, interactive=False,
                                   elem_id="entity-heatmap", height=300)
         tokens = gr.Plot(label="TGLU token-to-token attention", visible=False, elem_id="token-attention")
         rows, labels = _examples()
@@ -131,7 +132,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         explain_inputs = [state, candidate, patch_unit, word_unit]
         explain_outputs = [mention_relevance, entity_relevance, words, mention_map, entity_map, tokens, explain_note,
                            explanation]
-        query_limits = input_validator("sentence", "mention", None, "top_k")
+        query_limits = input_validator("sentence", "mention", "image", "top_k")
         gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
               [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model",
               validator=query_limits).then(
@@ -146,10 +147,10 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
                          concurrency_id="model", validator=query_limits)
         api_explain_button.click(app.api_explain, [sentence, mention, image, api_entity], api_out, api_name="explain",
-                                 concurrency_id="model", validator=input_validator("sentence", "mention", None,
+                                 concurrency_id="model", validator=input_validator("sentence", "mention", "image",
                                                                                    "entity"))
         add_button.click(app.add_entity, [new_name, new_description, new_image], added, api_name="add_entity",
-                         concurrency_id="model", validator=input_validator("name", "description", None)).then(lambda r: markdown_literal(r["message"]) if r else "", added,
+                         concurrency_id="model", validator=input_validator("name", "description", "image")).then(added_note, added,
                                                       add_note, api_visibility="private")
         page.unload(app.end_session)  # the tab is closed: its entities are forgotten
     page.app_state = app

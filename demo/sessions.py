@@ -6,10 +6,16 @@ the session ends (the tab closes: Gradio's unload event), after `IDLE_SECONDS` w
 the server stops. Bounded: `PER_SESSION` entities a session, `MAX_SESSIONS` sessions holding entities
 at once (past it a new session's add is refused; no session loses its entities for another's).
 
+A place is held only by a session that shows it is alive: a page or a Client keeps Gradio's heartbeat
+stream open (a beat every 15 s, seen by `HeartbeatWatch`), and any use counts too. A session with
+neither for `SILENT_SECONDS` loses its place: a script that joins the queue with fresh session hashes
+and no page fills the places for two minutes, not for an hour.
+
 Each entity keeps its decoded picture shrunk to `demo.kb.PICTURE_SIDE` px and re-encoded as JPEG (for the
 thumbnail and the heatmap): never the uploaded bytes, nor the upload's path.
 """
 import io
+import re
 import threading
 import time
 
@@ -22,6 +28,7 @@ from .kb import compact_picture, thumbnail_tag
 PER_SESSION = 20
 MAX_SESSIONS = 200
 IDLE_SECONDS = 3600
+SILENT_SECONDS = 120  # without a heartbeat or a use: the page is gone (or there never was one)
 
 
 def open_picture(data: bytes) -> Image.Image:
@@ -30,12 +37,13 @@ def open_picture(data: bytes) -> Image.Image:
 
 class SessionEntities:
     def __init__(self, per_session: int = PER_SESSION, max_sessions: int = MAX_SESSIONS,
-                 idle_seconds: float = IDLE_SECONDS, clock=time.monotonic):
+                 idle_seconds: float = IDLE_SECONDS, silent_seconds: float = SILENT_SECONDS, clock=time.monotonic):
         self.per_session = per_session
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
+        self.silent_seconds = silent_seconds
         self.clock = clock
-        self._sessions = {}  # session hash -> [Overlay, last use]
+        self._sessions = {}  # session hash -> [Overlay, last use, last sign of life (a use or a heartbeat)]
         self._lock = threading.Lock()
 
     def __len__(self):
@@ -52,7 +60,7 @@ class SessionEntities:
             entry = self._sessions.get(session) if session else None
             if entry is None:
                 return None
-            entry[1] = self.clock()
+            entry[1] = entry[2] = self.clock()
             return entry[0]
 
     def add(self, session, model, precision: str, name: str, description: str, image=None) -> dict:
@@ -66,14 +74,21 @@ class SessionEntities:
                 if len(self._sessions) >= self.max_sessions:
                     raise OverlayFull(f"The demo already holds the added entities of {self.max_sessions} sessions, "
                                       "its limit; please try again later.")
-                entry = self._sessions[session] = [Overlay(precision, self.per_session), self.clock()]
-            entry[1] = self.clock()
+                entry = self._sessions[session] = [Overlay(precision, self.per_session), self.clock(), self.clock()]
+            entry[1] = entry[2] = self.clock()
         extra = {"picture": compact_picture(image), "thumbnail": thumbnail_tag(image)} if image is not None else {}
         try:
             return entry[0].add(model, name, description, image, **extra)
         finally:
             if not len(entry[0]):  # the first add failed: hold no empty session
                 self.end(session)
+
+    def alive(self, session):
+        """The session's page (or Client) is still there: its heartbeat beat. Keeps its place held."""
+        with self._lock:
+            entry = self._sessions.get(session)
+            if entry is not None:
+                entry[2] = self.clock()
 
     def end(self, session):
         """Forget the session's entities (the page's unload event calls this)."""
@@ -82,5 +97,34 @@ class SessionEntities:
 
     def _expire(self):
         now = self.clock()
-        for session in [s for s, (_, used) in self._sessions.items() if now - used > self.idle_seconds]:
+        for session in [s for s, (_, used, sign) in self._sessions.items()
+                        if now - used > self.idle_seconds or now - sign > self.silent_seconds]:
             del self._sessions[session]
+
+
+class HeartbeatWatch:
+    """ASGI middleware: each beat Gradio sends down a session's heartbeat stream (GET .../heartbeat/<session
+    hash>, held open by every page and gradio_client Client) tells `sessions` that the session is alive."""
+    PATH = re.compile(r"/heartbeat/([A-Za-z0-9_-]{1,100})/?$")
+
+    def __init__(self, app, sessions: SessionEntities):
+        self.app = app
+        self.sessions = sessions
+
+    async def __call__(self, scope, receive, send):
+        found = self.PATH.search(scope.get("path", "")) if scope["type"] == "http" else None
+        if not found:
+            return await self.app(scope, receive, send)
+        session = found.group(1)
+
+        async def beat(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                self.sessions.alive(session)
+            await send(message)
+        return await self.app(scope, receive, beat)
+
+
+def heartbeat_middleware(sessions: SessionEntities) -> list:
+    """For launch(app_kwargs={"middleware": ...}): the page's heartbeats reach `sessions`."""
+    from starlette.middleware import Middleware
+    return [Middleware(HeartbeatWatch, sessions=sessions)]

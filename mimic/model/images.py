@@ -196,6 +196,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _checked_header(source, name: str) -> Image.Image:
+    """The image's header (nothing decoded), or ImageError when the default mode refuses its size."""
+    image = _open_header(_readable_source(source, MAX_BYTES), name)
+    limit = pixel_limit(image.format)
+    if image.width * image.height > limit:
+        kind = f" for {image.format} images" if limit < MAX_PIXELS else ""
+        raise ImageError(f"{name}: {image.width} x {image.height} pixels is more than the "
+                         f"{limit // 1_000_000} megapixels accepted{kind}")
+    return image
+
+
+def check_image(source) -> tuple:
+    """(format, width, height) of an image the default mode accepts, read from its header alone (nothing
+    is decoded, so a server can refuse a huge picture at once); ImageError saying why not."""
+    with _checked_header(source, _name(source)) as image:
+        return image.format, image.width, image.height
+
+
 def open_image(source, reduce_to: int = REDUCED_SIDE) -> Image.Image:
     """A path, bytes or PIL image -> an upright RGB PIL image, or ImageError saying why not.
 
@@ -207,13 +225,7 @@ def open_image(source, reduce_to: int = REDUCED_SIDE) -> Image.Image:
             raise ImageError("the image has no pixels")
     else:
         name = _name(source)
-        image = _open_header(_readable_source(source, MAX_BYTES), name)
-        limit = pixel_limit(image.format)
-        if image.width * image.height > limit:
-            kind = f" for {image.format} images" if limit < MAX_PIXELS else ""
-            raise ImageError(f"{name}: {image.width} x {image.height} pixels is more than the "
-                             f"{limit // 1_000_000} megapixels accepted{kind}")
-        image = _decode(image, name, reduce_to)
+        image = _decode(_checked_header(source, name), name, reduce_to)
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         small = _shrink(image, reduce_to) if reduce_to else image
