@@ -71,8 +71,24 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if not is_user_error(e):
+        if is_user_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(e, OSError) or args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        # the system refused (permissions, a full disk, a file that went away...): one line, not a traceback
+        print(f"error: {os_error_line(e)} ('{prog()} -v {args.command} ...' shows the traceback)", file=sys.stderr)
+        return 1
     return status or 0
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError said plainly: the file and the system's reason, and what to check for a permission."""
+    what = e.strerror or str(e) or type(e).__name__
+    where = f"{e.filename}: " if e.filename else ""
+    if e.filename2:
+        where = f"{e.filename} -> {e.filename2}: "
+    hint = ""
+    if isinstance(e, PermissionError):
+        hint = "; check that this user may read (and, to change it, write) that file and its folder"
+    return f"{where}{what}{hint}"

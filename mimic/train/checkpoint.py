@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..fileio import atomic_folder, write_json
+from ..fileio import atomic_folder, mode_of_folder, write_json
 from ..model.backbones import (
     architecture,
     from_architecture,
@@ -180,6 +180,7 @@ def save_model(model: MIMIC, folder: str):
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
                  if not k.endswith(IGNORED_SUFFIXES)}
         save_file(state, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
+        mode_of_folder(os.path.join(tmp, WEIGHTS), tmp)  # safetensors writes it 0600, whatever the umask
         write_json(os.path.join(tmp, CONFIG), {"format": FORMAT, "version": VERSION,
                                                "mimic": model.config.to_dict(),
                                                "clip": architecture(model.encoder.clip)})

@@ -9,7 +9,9 @@
 K is any checkpoint `load_checkpoint` reads (a mimic-el folder, or a Lightning .ckpt, converted). The card
 takes the datasets, metrics and training settings from the run around K when it is a training run's
 output (runs/<run>/best/ or runs/<run>/checkpoints/*.ckpt): result.json and the logged hparams.yaml.
-Local paths never go into the published files.
+Local paths never go into the published files: the backbone is named by its Hub id when it has one (a
+local folder that is a Hugging Face cache snapshot counts), else as "a local CLIP (<folder name>)" with its
+shape in the card; a user needs neither, as the weights are in the checkpoint (`public_encoder`).
 """
 import glob
 import json
@@ -137,6 +139,31 @@ def _number(value):
 
 # -- the card ---------------------------------------------------------------------------------------
 
+# A local CLIP is published as this, with its folder's name: what the checkpoint was trained from, without
+# a path of the publisher's machine (the weights are in the checkpoint; nothing needs to be found there).
+LOCAL_CLIP = "a local CLIP ({})"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HF_CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+)--([\w.-]+)/snapshots/[^/]+")
+
+
+def public_encoder(encoder: str) -> str:
+    """What a published checkpoint names as its backbone (config.json's "encoder", the card): an open_clip
+    name or a Hub id as it is; a local folder by the Hub id it is a download of (a Hugging Face cache
+    snapshot, .../models--org--name/snapshots/<commit>), else as LOCAL_CLIP with its folder's name only.
+    A Hub-id-shaped relative path that does not exist where this runs is taken for a Hub id: publish from
+    where the checkpoint was trained."""
+    from ..model.backbones import is_open_clip
+    if not encoder or is_open_clip(encoder):
+        return encoder
+    if os.path.exists(encoder):
+        snapshot = HF_CACHE_SNAPSHOT.search(os.path.realpath(encoder).replace(os.sep, "/"))
+        if snapshot:
+            return f"{snapshot.group(1)}/{snapshot.group(2)}"
+    elif HUB_ID.fullmatch(encoder) or encoder.startswith(LOCAL_CLIP.format("")[:-1]):
+        return encoder  # a Hub id, or a checkpoint published before (downloaded, published again)
+    return LOCAL_CLIP.format(os.path.basename(os.path.normpath(encoder)))
+
+
 def _base_model(encoder: str):
     """The Hub id of the CLIP a backbone starts from, or None (a local folder, random weights)."""
     from ..model.backbones import is_open_clip
@@ -148,19 +175,31 @@ def _base_model(encoder: str):
         import open_clip
         parts = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub", "").strip("/").split("/")
         return "/".join(parts[:2]) if len(parts) >= 2 else None  # "org/repo/" or "org/repo/file"
-    is_repo = re.fullmatch(r"[\w.-]+/[\w.-]+", encoder) and not os.path.exists(encoder)
-    return encoder if is_repo else None
+    public = public_encoder(encoder)
+    return public if HUB_ID.fullmatch(public) else None
 
 
-def _describe_backbone(encoder: str, base_model: str) -> str:
+def _architecture(clip) -> str:
+    """A transformers CLIP's shape, for a reader of the card: what a local folder's name does not say."""
+    vision, text = getattr(clip.config, "vision_config", None), getattr(clip.config, "text_config", None)
+    if vision is None or text is None:
+        return ""
+    return (f"; image tower a ViT of {vision.num_hidden_layers} layers of width {vision.hidden_size}, "
+            f"{vision.patch_size}-px patches of {vision.image_size}-px images; text tower {text.num_hidden_layers} "
+            f"layers of width {text.hidden_size}")
+
+
+def _describe_backbone(model, base_model: str) -> str:
     from ..model.backbones import has_pretrained_weights, is_open_clip
+    encoder = model.config.encoder
     if is_open_clip(encoder):
         weights = f"pretrained weights of {base_model}" if base_model else (
             "pretrained weights" if has_pretrained_weights(encoder) else "trained from random weights")
-        return f"`{_text(_public(encoder))}` (open_clip; {weights})"
+        return f"`{_text(encoder)}` (open_clip; {weights})"
     if base_model:
         return f"`{base_model}` (transformers CLIP)"
-    return f"a CLIP from a local folder (`{_text(_public(encoder))}`), transformers format"
+    return (f"`{_text(public_encoder(encoder))}`, transformers format{_architecture(model.encoder.clip)}; its "
+            f"weights are in this checkpoint")  # in a code span: a folder's name is never rendered as Markdown
 
 
 def _public(value):
@@ -210,7 +249,7 @@ def model_card(model, repo_id: str, run: str = None) -> str:
              "The folder is self-contained (weights, backbone architecture, tokenizer, image settings): it loads "
              "offline once downloaded.", "",
              "## Model", "", "| | |", "|---|---|",
-             f"| backbone | {_describe_backbone(config.encoder, base_model)} |",
+             f"| backbone | {_describe_backbone(model, base_model)} |",
              f"| MIMIC widths | dv {config.dv}, TGLU {config.tglu_dim}, VDLU {config.vdlu_dim}, CMFU {config.cmfu_dim} |",
              f"| units in S | {', '.join(config.units)} |",
              f"| text length | {config.text_max_length} tokens |", ""]
@@ -254,6 +293,10 @@ def stage(checkpoint: str, folder: str, repo_id: str, encoder: str = None) -> st
     config_path = os.path.join(folder, CONFIG)
     with open(config_path, encoding="utf-8") as f:
         recorded = json.load(f)
+    recorded["mimic"]["encoder"] = public_encoder(recorded["mimic"]["encoder"])
+    if isinstance(recorded["clip"].get("_name_or_path"), str):  # transformers records where it was loaded from
+        public = public_encoder(recorded["clip"]["_name_or_path"])
+        recorded["clip"]["_name_or_path"] = public if HUB_ID.fullmatch(public) else ""
     write_json(config_path, _public(recorded))
     with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
         f.write(model_card(model, repo_id, run_folder(source)))
