@@ -1,6 +1,7 @@
 """Linking new mentions against a pre-encoded KB: the one API the CLI and the demo share."""
 import threading
 
+import numpy as np
 import torch
 
 from .explain.relevance import explain_pair
@@ -26,6 +27,7 @@ from .train.loading import load_recorded
 # Query, QueryError and check_query are the door's names too: callers build and check queries through it
 _MENTION_INDEX_LOCK = threading.Lock()  # one build of a store's name index at a time (seconds at 1M names)
 TEXT_BATCH = 64  # spans encoded per text-encoder pass
+SCORE_BATCH = 16  # spans scored together against the union of their candidates (at most 16 x 64 pairs each)
 
 
 class Linker:
@@ -178,6 +180,8 @@ class Linker:
     def text_terms(self, sentences: list, mentions: list, image=None) -> dict:
         """The mention terms of mentions that share one picture: the text encoder reads every
         "{mention} [SEP] {sentence}", the vision encoder reads the picture once."""
+        if not mentions:
+            raise ValueError("no mentions to encode")
         device = next(self.model.parameters()).device
         parts = []
         for start in range(0, len(mentions), TEXT_BATCH):
@@ -192,22 +196,26 @@ class Linker:
 
     @torch.no_grad()
     def rank_candidates(self, mention: dict, entities, top_k: int = 5, extra=None, overlay_entities=(),
-                        search: bool = False, exact: bool = False, kb: tuple = None) -> dict:
+                        search: bool = False, exact: bool = False, kb: tuple = None, scored: tuple = None) -> dict:
         """One mention's terms scored against given candidates: store positions `entities` and overlay
         positions `overlay_entities` (of `extra`); search=True adds the search's own top k (link_terms).
         -> {"nil", "results"} as link gives, ranked among these candidates only. `kb`: the (store,
-        searcher) pair of the version to read (by default the current one)."""
+        searcher) pair of the version to read (by default the current one). `scored`: (Scores, row,
+        columns) when the entities' scores are computed already (link_text scores spans together)."""
         store, searcher = self._kb if kb is None else kb
         k = check_top_k(top_k, len(store) + (len(extra) if extra else 0))
         rows = []
         if len(entities):
-            index = torch.as_tensor(entities, dtype=torch.long)
-            scores = self.model.matcher.score(mention, searcher.entity_terms(index))
-            for j, i in enumerate(index.tolist()):
+            entities = [int(i) for i in entities]
+            if scored is None:
+                scored = (self.model.matcher.score(mention, searcher.entity_terms(torch.tensor(entities))), 0,
+                          range(len(entities)))
+            scores, b, columns = scored
+            for i, j in zip(entities, columns):
                 meta = store.entities[i]
                 row = {"rank": None, "index": i, "id": meta.get("id"), "qid": meta.get("qid"),
-                       "name": meta.get("name"), "score": scores.s[0, j].item()}
-                row.update({f: getattr(scores, f)[0, j].item() for f in SCORE_FIELDS})
+                       "name": meta.get("name"), "score": scores.s[b, j].item()}
+                row.update({f: getattr(scores, f)[b, j].item() for f in SCORE_FIELDS})
                 rows.append(row)
         if extra is not None and len(overlay_entities):
             wanted = {extra.records[p]["id"] for p in overlay_entities}
@@ -220,6 +228,7 @@ class Linker:
             row["rank"] = rank
         return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}
 
+    @torch.no_grad()
     def link_text(self, text, image=None, top_k: int = 5, extra=None, search: bool = False, exact: bool = False,
                   max_spans: int = MAX_SPANS, max_candidates: int = MAX_CANDIDATES) -> dict:
         """Every mention of `text` that the KB's names and aliases (and the overlay `extra`'s) find, linked.
@@ -241,10 +250,18 @@ class Linker:
         terms = self.text_terms([clean_text(text[a:b]) for a, b in contexts], [clean_text(s["text"]) for s in spans],
                                 image) if spans else None
         mentions = []
-        for i, (span, context) in enumerate(zip(spans, contexts)):
-            candidates = span["candidates"]
-            result = self.rank_candidates(select(terms, slice(i, i + 1)), candidates[0], top_k, extra,
-                                          candidates[1] if len(candidates) > 1 else (), search, exact, kb)
-            mentions.append({"start": span["start"], "end": span["end"], "text": span["text"],
-                             "support": span["support"], "context": list(context), **result})
+        for first in range(0, len(spans), SCORE_BATCH):
+            # the spans of a batch against the union of their candidates: one read, one Matcher.score
+            batch = spans[first:first + SCORE_BATCH]
+            union = np.unique(np.concatenate([s["candidates"][0] for s in batch]))
+            scores = self.model.matcher.score(select(terms, slice(first, first + len(batch))),
+                                              kb[1].entity_terms(torch.from_numpy(union))) if len(union) else None
+            for b, span in enumerate(batch):
+                candidates, i = span["candidates"], first + b
+                columns = np.searchsorted(union, candidates[0]).tolist()
+                result = self.rank_candidates(select(terms, slice(i, i + 1)), candidates[0], top_k, extra,
+                                              candidates[1] if len(candidates) > 1 else (), search, exact, kb,
+                                              (scores, b, columns))
+                mentions.append({"start": span["start"], "end": span["end"], "text": span["text"],
+                                 "support": span["support"], "context": list(contexts[i]), **result})
         return {"mentions": mentions, "skipped": skipped}

@@ -91,18 +91,20 @@ def name_forms(name, aliases=()) -> list:
     full = [n.strip() for n in [name, *aliases] if isinstance(n, str) and n.strip()]
     forms = [(n, FULL) for n in full]
     for n in full:
-        qualified = QUALIFIER.match(n)
+        qualified = QUALIFIER.match(n) if ("(" in n or "," in n) else None
         base = qualified.group(1) if qualified else n
         if base != n:
             forms.append((base, SHORT))
+        if " " not in base:
+            continue
         words = base.split()
-        if len(words) >= 2 and words[-1].lower() in ORG_SUFFIXES:
+        if words[-1].lower() in ORG_SUFFIXES:
             forms.append((" ".join(words[:-1]).rstrip(","), SHORT))
             continue
         if len(words) >= 3 and words[-1].lower() in NAME_SUFFIXES:
             words = words[:-1]
-        if 2 <= len(words) <= 3 and all(w[:1].isupper() and w.replace(".", "").replace("-", "").replace("'", "")
-                                        .isalpha() for w in words) and len(words[-1]) >= 3:
+        if 2 <= len(words) <= 3 and len(words[-1]) >= 3 and all(
+                w[:1].isupper() and w.replace(".", "").replace("-", "").replace("'", "").isalpha() for w in words):
             forms.append((words[-1], SHORT))
     return forms
 
@@ -132,27 +134,26 @@ class MentionIndex:
         for entity, name, aliases in entries:
             for text, strength in name_forms(name, aliases if isinstance(aliases, (list, tuple)) else ()):
                 form = normalise_name(text)
-                if not _usable(form, strength):
+                if not 2 <= len(form) <= MAX_FORM_CHARS or strength == SHORT and not _usable(form, strength):
                     continue
                 k = keys.setdefault(form, len(keys))
                 if k == len(uncased):
                     uncased.append(False)
-                if text == text.lower():  # no capital: the form may be written in lowercase
+                if not uncased[k] and text == text.lower():  # no capital: the form may be written in lowercase
                     uncased[k] = True
                 key_of.append(k)
                 ents.append(entity)
                 strengths.append(strength)
         key_of, ents = np.array(key_of, np.int64), np.array(ents, np.int64)
         strengths = np.array(strengths, np.int8)
-        order = np.lexsort((ents, -strengths, key_of))  # by form, full names first
+        # an entity once per form, at its best support; then by form, full names first
+        pair = key_of * (int(ents.max()) + 1 if len(ents) else 1) + ents
+        order = np.lexsort((-strengths, pair))
+        first = np.unique(pair[order], return_index=True)[1]
+        kept = order[first]
+        key_of, ents, strengths = key_of[kept], ents[kept], strengths[kept]
+        order = np.lexsort((ents, -strengths, key_of))
         key_of, ents, strengths = key_of[order], ents[order], strengths[order]
-        if len(key_of):  # an entity once per form, at its best support
-            pair = np.ones(len(key_of), bool)
-            seen = {}
-            for i, (k, e) in enumerate(zip(key_of.tolist(), ents.tolist())):
-                if seen.setdefault((k, e), i) != i:
-                    pair[i] = False
-            key_of, ents, strengths = key_of[pair], ents[pair], strengths[pair]
         offsets = np.searchsorted(key_of, np.arange(len(keys) + 1)).astype(np.int64)
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         lengths = np.zeros(len(keys), np.int32)
