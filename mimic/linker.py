@@ -6,7 +6,16 @@ import torch
 
 from .explain.relevance import explain_pair
 from .kb.fingerprint import model_fingerprints
-from .kb.mentions import MAX_CANDIDATES, MAX_SPANS, context_window, find_spans, overlay_index, store_index
+from .kb.mentions import (
+    MAX_CANDIDATES,
+    MAX_SPANS,
+    add_ner_spans,
+    context_window,
+    find_spans,
+    ner_spans,
+    overlay_index,
+    store_index,
+)
 from .kb.search import DEFAULT_CANDIDATES, Searcher
 from .kb.store import LOAD_ATTEMPTS, KBStore, StoreChanged, StoreError
 from .model.encoding import encode_batch
@@ -230,13 +239,15 @@ class Linker:
 
     @torch.no_grad()
     def link_text(self, text, image=None, top_k: int = 5, extra=None, search: bool = False, exact: bool = False,
-                  max_spans: int = MAX_SPANS, max_candidates: int = MAX_CANDIDATES) -> dict:
+                  max_spans: int = MAX_SPANS, max_candidates: int = MAX_CANDIDATES, ner: bool = False) -> dict:
         """Every mention of `text` that the KB's names and aliases (and the overlay `extra`'s) find, linked.
         -> {"mentions": [{"start", "end", "text", "support", "context", "nil", "results"}] sorted by start,
         "skipped": spans past `max_spans`}. Offsets are in `text` as given. A span's candidates are the
         entities its name form belongs to (search=True adds the search's top k); MIMIC reads the span as
         the mention and its `context` (the whole text when short, else a window around it: [start, end]
-        offsets) as the sentence, so each row equals link(text[context], span text)'s row for that entity."""
+        offsets) as the sentence, so each row equals link(text[context], span text)'s row for that entity.
+        ner=True adds the named entities a spaCy pipeline finds where no KB name is (support "ner", ranked
+        by the search's top k); without spaCy it changes nothing."""
         if text is not None and not isinstance(text, str):
             raise QueryError("The text must be a string.")
         if not clean_text(text):
@@ -246,6 +257,9 @@ class Linker:
         check_top_k(top_k, len(store) + (len(extra) if extra else 0))
         indexes = [self.mention_index(store)] + ([overlay_index(extra)] if extra else [])
         spans, skipped = find_spans(text, indexes, max_spans, max_candidates)
+        if ner:
+            spans, more = add_ner_spans(text, spans, ner_spans(text), max_spans, len(indexes))
+            skipped += more
         contexts = [context_window(text, s["start"], s["end"]) for s in spans]
         terms = self.text_terms([clean_text(text[a:b]) for a, b in contexts], [clean_text(s["text"]) for s in spans],
                                 image) if spans else None
@@ -260,7 +274,8 @@ class Linker:
                 candidates, i = span["candidates"], first + b
                 columns = np.searchsorted(union, candidates[0]).tolist()
                 result = self.rank_candidates(select(terms, slice(i, i + 1)), candidates[0], top_k, extra,
-                                              candidates[1] if len(candidates) > 1 else (), search, exact, kb,
+                                              candidates[1] if len(candidates) > 1 else (),
+                                              search or span["support"] == "ner", exact, kb,
                                               (scores, b, columns))
                 mentions.append({"start": span["start"], "end": span["end"], "text": span["text"],
                                  "support": span["support"], "context": list(contexts[i]), **result})

@@ -254,3 +254,39 @@ def context_window(text: str, start: int, end: int, size: int = CONTEXT_CHARS) -
         space = text.rfind(" ", end, hi)
         hi = space if space != -1 else hi
     return lo, hi
+
+
+NER_PIPELINE = "en_core_web_sm"
+_ner = {}
+
+
+def ner_spans(text: str, pipeline: str = NER_PIPELINE) -> list:
+    """(start, end) of the named entities a spaCy pipeline finds in `text`, or [] when spaCy or the
+    pipeline is not installed (never needed: the KB's names find mentions without it)."""
+    if pipeline not in _ner:
+        try:
+            import spacy
+            _ner[pipeline] = spacy.load(pipeline, disable=["lemmatizer"])
+        except Exception as e:  # not installed, or no such pipeline: said once, then skipped
+            import logging
+            logging.getLogger(__name__).warning("no NER spans: spaCy pipeline %s unavailable (%s)", pipeline,
+                                                type(e).__name__)
+            _ner[pipeline] = None
+    nlp = _ner[pipeline]
+    return [] if nlp is None else [(e.start_char, e.end_char) for e in nlp(text).ents]
+
+
+def add_ner_spans(text: str, spans: list, found: list, max_spans: int, indexes: int) -> tuple:
+    """The KB's spans plus the NER spans `found` that overlap none of them (support "ner", no name
+    candidates: the search's top k ranks them) -> (spans sorted by start, skipped count)."""
+    taken = bytearray(len(text))
+    for s in spans:
+        taken[s["start"]:s["end"]] = b"\x01" * (s["end"] - s["start"])
+    extra = []
+    for start, end in sorted(set(found)):
+        if 0 <= start < end <= len(text) and taken.find(1, start, end) == -1 and text[start:end].strip():
+            taken[start:end] = b"\x01" * (end - start)
+            extra.append({"start": start, "end": end, "text": text[start:end], "support": "ner",
+                          "candidates": [np.zeros(0, np.int64)] * indexes})
+    merged = sorted(spans + extra, key=lambda s: s["start"])
+    return merged[:max_spans], max(0, len(merged) - max_spans)

@@ -167,3 +167,17 @@ def test_link_text_caps_spans_and_refuses_bad_input(text_linker):
         text_linker.link_text(["Hopper"])
     with pytest.raises(QueryError, match="Top k must be"):
         text_linker.link_text("Edward Hopper", top_k=0)
+
+
+def test_ner_spans_are_optional_and_ranked_by_the_search(text_linker, monkeypatch):
+    from mimic.kb import mentions
+    text = "Edward Hopper met Zorblat Quux."
+    plain = text_linker.link_text(text)
+    monkeypatch.setitem(mentions._ner, mentions.NER_PIPELINE, None)  # spaCy absent: nothing changes
+    assert text_linker.link_text(text, ner=True) == plain
+    import mimic.linker as linker_module
+    monkeypatch.setattr(linker_module, "ner_spans", lambda t: [(0, 6), (18, 30), (40, 50)])  # a fake NER
+    result = text_linker.link_text(text, top_k=3, ner=True)
+    assert [(m["start"], m["end"], m["support"]) for m in result["mentions"]] == [(0, 13, "name"), (18, 30, "ner")]
+    searched = text_linker.link(text, "Zorblat Quux", top_k=3)["results"]
+    assert [r["id"] for r in result["mentions"][1]["results"]] == [r["id"] for r in searched]
