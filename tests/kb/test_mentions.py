@@ -95,20 +95,23 @@ class AliasEntity(Entity):
     aliases: list = None
 
 
-@pytest.fixture(scope="module")
-def text_linker(tiny_clip, tmp_path_factory):
-    """A store of NAMES (aliases kept in its records), and a linker over it."""
-    model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=2).eval()
+def _names_store(model, out: str) -> KBStore:
+    """A store of NAMES, their aliases kept in its records."""
     entities = [AliasEntity(i, name, f"entity {i}", qid=f"Q{i + 1}", aliases=aliases)
                 for i, (name, aliases) in enumerate(NAMES)]
-    out = str(tmp_path_factory.mktemp("names") / "store")
     patch = pytest.MonkeyPatch()
     patch.setattr(encode_module, "entity_record", lambda e, folder: {**entity_record(e, folder), "aliases": e.aliases})
     try:
         encode_store(model, entities, ".", out, "kb", batch_size=8, progress=False)
     finally:
         patch.undo()
-    return Linker(model, KBStore.load(out))
+    return KBStore.load(out)
+
+
+@pytest.fixture(scope="module")
+def text_linker(tiny_clip, tmp_path_factory):
+    model = MIMIC.from_encoder(MIMICConfig(encoder=tiny_clip), seed=2).eval()
+    return Linker(model, _names_store(model, str(tmp_path_factory.mktemp("names") / "store")))
 
 
 def test_link_text_rows_equal_link_for_each_span(text_linker):
@@ -181,3 +184,16 @@ def test_ner_spans_are_optional_and_ranked_by_the_search(text_linker, monkeypatc
     assert [(m["start"], m["end"], m["support"]) for m in result["mentions"]] == [(0, 13, "name"), (18, 30, "ner")]
     searched = text_linker.link(text, "Zorblat Quux", top_k=3)["results"]
     assert [r["id"] for r in result["mentions"][1]["results"]] == [r["id"] for r in searched]
+
+
+def test_an_edited_store_is_found_at_the_next_text(text_linker, tmp_path):
+    from mimic.kb.edit import edit_store
+    linker = Linker(text_linker.model, _names_store(text_linker.model, str(tmp_path / "store")))
+    text = "Zyx Quorble met Grace Hopper."
+    assert [m["text"] for m in linker.link_text(text)["mentions"]] == ["Grace Hopper"]
+    edit_store(str(tmp_path / "store"), linker.model, add=[Entity(0, "Zyx Quorble", "new", qid="Q99")], remove=["Q2"])
+    assert linker.refresh()
+    found = linker.link_text(text)["mentions"]
+    assert [(m["text"], m["support"]) for m in found] == [("Zyx Quorble", "name"), ("Hopper", "short form")]
+    assert [r["id"] for r in found[0]["results"]] == ["Q99"]
+    assert [r["name"] for r in found[1]["results"]] == ["Edward Hopper"]  # Grace Hopper is gone
