@@ -10,11 +10,11 @@ from .kb.mentions import (
     MAX_CANDIDATES,
     MAX_SPANS,
     add_ner_spans,
+    cached_store_index,
     context_window,
     find_spans,
     ner_spans,
     overlay_index,
-    store_index,
 )
 from .kb.search import DEFAULT_CANDIDATES, Searcher
 from .kb.store import LOAD_ATTEMPTS, KBStore, StoreChanged, StoreError
@@ -177,12 +177,13 @@ class Linker:
 
     # -- every mention of a text ----------------------------------------------------------------------
     def mention_index(self, store: KBStore = None):
-        """The name index of a store version (mimic/kb/mentions.py), built at its first use, then kept."""
+        """The name index of a store version (mimic/kb/mentions.py): at its first use read from the cache
+        folder, or built and cached there; then kept in memory."""
         store = self.store if store is None else store
         with _MENTION_INDEX_LOCK:
             cached = getattr(self, "_mention_index", None)
             if cached is None or cached[0] is not store:
-                cached = self._mention_index = (store, store_index(store))
+                cached = self._mention_index = (store, cached_store_index(store))
         return cached[1]
 
     @torch.no_grad()

@@ -14,8 +14,9 @@ TEXT = "Mercury is the closest planet to the Sun."
 
 
 @pytest.fixture(autouse=True)
-def _in_repository(monkeypatch):
+def _in_repository(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)  # the fixture store records its checkpoint relative to the repository
+    monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))  # the name index's cache
 
 
 def test_link_without_mention_prints_one_block_per_mention(capsys):

@@ -19,6 +19,11 @@ NAMES = [("Edward Hopper", ["Ed Hopper"]), ("Grace Hopper", []), ("Mercury (plan
          ("O’Brien", []), ("iPhone", []), ("aspirin", []), ("Jean-Paul Sartre", [])]
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))  # the name index's cache: never the home folder
+
+
 def _index():
     return MentionIndex.build((i, name, aliases) for i, (name, aliases) in enumerate(NAMES))
 
@@ -197,3 +202,27 @@ def test_an_edited_store_is_found_at_the_next_text(text_linker, tmp_path):
     assert [(m["text"], m["support"]) for m in found] == [("Zyx Quorble", "name"), ("Hopper", "short form")]
     assert [r["id"] for r in found[0]["results"]] == ["Q99"]
     assert [r["name"] for r in found[1]["results"]] == ["Edward Hopper"]  # Grace Hopper is gone
+
+
+def test_the_name_index_is_cached_per_store_version(text_linker, tmp_path, monkeypatch):
+    import os
+
+    from mimic.kb import mentions
+    from mimic.kb.edit import edit_store
+    store = _names_store(text_linker.model, str(tmp_path / "store"))
+    first = Linker(text_linker.model, store).link_text("Grace Hopper")
+    cached = os.listdir(tmp_path / "cache" / "mentions")
+    assert len(cached) == 1 and cached[0].endswith(".pkl")
+    built = []
+    monkeypatch.setattr(mentions, "store_index", lambda s: built.append(s) or MentionIndex.build([]))
+    assert Linker(text_linker.model, KBStore.load(str(tmp_path / "store"))).link_text("Grace Hopper") == first
+    assert built == []  # read from the cache, not built
+    edit_store(str(tmp_path / "store"), text_linker.model, add=[Entity(0, "Zyx Quorble", "", qid="Q99")])
+    monkeypatch.undo()
+    monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "cache"))
+    later = Linker(text_linker.model, KBStore.load(str(tmp_path / "store"))).link_text("Zyx Quorble")
+    assert [m["text"] for m in later["mentions"]] == ["Zyx Quorble"]
+    assert len(os.listdir(tmp_path / "cache" / "mentions")) == 1  # the old version's file replaced
+    (tmp_path / "blocked").write_text("")  # a cache folder that cannot be made: built, never an error
+    monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "blocked"))
+    assert Linker(text_linker.model, KBStore.load(str(tmp_path / "store"))).link_text("Zyx Quorble") == later
