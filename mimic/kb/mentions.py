@@ -121,9 +121,10 @@ def name_forms(name, aliases=()) -> list:
 
 
 def _usable(form: str, strength: int) -> bool:
-    """Forms too short or too long to be a mention (a short form must hold a letter)."""
-    if not 2 <= len(form) <= MAX_FORM_CHARS:
-        return False
+    """Forms too short or too long to be a mention, or without a letter or digit (a short form must hold a
+    letter)."""
+    if not 2 <= len(form) <= MAX_FORM_CHARS or not (form[0].isalnum() or any(c.isalnum() for c in form)):
+        return False  # a "name" of punctuation alone ("...") would match punctuation anywhere
     return strength == FULL or (len(form) >= 3 and any(c.isalpha() for c in form))
 
 
@@ -145,7 +146,7 @@ class MentionIndex:
         for entity, name, aliases in entries:
             for text, strength in name_forms(name, aliases if isinstance(aliases, (list, tuple)) else ()):
                 form = normalise_name(text)
-                if not 2 <= len(form) <= MAX_FORM_CHARS or strength == SHORT and not _usable(form, strength):
+                if not 2 <= len(form) <= MAX_FORM_CHARS or not _usable(form, strength):
                     continue
                 k = keys.setdefault(form, len(keys))
                 if k == len(uncased):

@@ -91,6 +91,8 @@ def test_detection_is_capped_and_fast_on_hostile_texts():
     assert len(spans) == MAX_SPANS and skipped == 10_000 - MAX_SPANS
     assert spans[-1]["start"] == 14 * (MAX_SPANS - 1)
     assert find_spans("", [_index()]) == ([], 0) and find_spans("\u0301\u200b", [_index()]) == ([], 0)
+    junk = MentionIndex.build([(0, "...", ["--", "x"]), (1, "R2", [])])  # punctuation, one letter: no forms
+    assert len(junk) == 1 and [s["text"] for s in find_spans("Wait... R2 -- x!", [junk])[0]] == ["R2"]
 
 
 # -- the linker ----------------------------------------------------------------------------------
