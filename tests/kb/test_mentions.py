@@ -228,3 +228,18 @@ def test_the_name_index_is_cached_per_store_version(text_linker, tmp_path, monke
     (tmp_path / "blocked").write_text("")  # a cache folder that cannot be made: built, never an error
     monkeypatch.setenv("MIMIC_CACHE", str(tmp_path / "blocked"))
     assert Linker(text_linker.model, KBStore.load(str(tmp_path / "store"))).link_text("Zyx Quorble") == later
+
+
+def test_in_a_long_text_each_mention_reads_the_words_around_it(text_linker):
+    text = "Edward Hopper painted. " + "Then nothing happened for a while. " * 12 + "Freddie Mercury sang."
+    result = text_linker.link_text(text, top_k=3)
+    first, last = result["mentions"]
+    assert first["context"][0] == 0 and first["context"][1] < len(text) - 100
+    assert last["context"][1] == len(text) and last["context"][0] > 100
+    for mention in (first, last):
+        start, end = mention["context"]
+        assert start <= mention["start"] and mention["end"] <= end and end - start <= 240
+        single = text_linker.link(text[start:end], mention["text"], top_k=len(NAMES), exact=True)["results"]
+        score_of = {r["id"]: r["score"] for r in single}
+        assert [r["score"] for r in mention["results"]] == pytest.approx(
+            [score_of[r["id"]] for r in mention["results"]], rel=1e-6, abs=1e-5)
