@@ -21,6 +21,7 @@ from .inputs import (
     input_validator,
 )
 from .kb import DEMO_KB
+from .link_text import register as register_link_text
 from .pictures import Picture
 from .sessions import PER_SESSION
 
@@ -146,6 +147,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         word_unit.change(app.word_relevance, [explanation, word_unit], words, api_visibility="private")
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
                          concurrency_id="model", validator=query_limits)
+        register_link_text(app, sentence, image, top_k, api_out)  # /link_text, API only (docs/mentions.md)
         api_explain_button.click(app.api_explain, [sentence, mention, image, api_entity], api_out, api_name="explain",
                                  concurrency_id="model", validator=input_validator("sentence", "mention", "image",
                                                                                    "entity"))

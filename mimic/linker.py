@@ -1,18 +1,42 @@
 """Linking new mentions against a pre-encoded KB: the one API the CLI and the demo share."""
+import threading
+
+import numpy as np
 import torch
 
 from .explain.relevance import explain_pair
 from .kb.fingerprint import model_fingerprints
+from .kb.mentions import (
+    MAX_CANDIDATES,
+    MAX_SPANS,
+    add_ner_spans,
+    cached_store_index,
+    context_window,
+    find_spans,
+    ner_spans,
+    overlay_index,
+)
 from .kb.search import DEFAULT_CANDIDATES, Searcher
 from .kb.store import LOAD_ATTEMPTS, KBStore, StoreChanged, StoreError
 from .model.encoding import encode_batch
-from .model.matcher import SCORE_FIELDS, select
+from .model.matcher import SCORE_FIELDS, Features, cat_terms, select
 from .model.processing import entity_text, mention_text
 from .nil import is_nil
-from .query import MAX_TOP_K, Query, QueryError, check_entity_index, check_query, check_top_k  # noqa: F401
+from .query import (  # noqa: F401
+    MAX_TOP_K,
+    Query,
+    QueryError,
+    check_entity_index,
+    check_query,
+    check_top_k,
+    clean_text,
+)
 from .train.loading import load_recorded
 
 # Query, QueryError and check_query are the door's names too: callers build and check queries through it
+_MENTION_INDEX_LOCK = threading.Lock()  # one build of a store's name index at a time (seconds at 1M names)
+TEXT_BATCH = 64  # spans encoded per text-encoder pass
+SCORE_BATCH = 16  # spans scored together against the union of their candidates (at most 16 x 64 pairs each)
 
 
 class Linker:
@@ -150,3 +174,110 @@ class Linker:
         if relevance:
             out.update(explain_pair(self.model, mention_text(mention, sentence), image, text, entity_image))
         return out
+
+    # -- every mention of a text ----------------------------------------------------------------------
+    def mention_index(self, store: KBStore = None):
+        """The name index of a store version (mimic/kb/mentions.py): at its first use read from the cache
+        folder, or built and cached there; then kept in memory."""
+        store = self.store if store is None else store
+        with _MENTION_INDEX_LOCK:
+            cached = getattr(self, "_mention_index", None)
+            if cached is None or cached[0] is not store:
+                cached = self._mention_index = (store, cached_store_index(store))
+        return cached[1]
+
+    @torch.no_grad()
+    def text_terms(self, sentences: list, mentions: list, image=None) -> dict:
+        """The mention terms of mentions that share one picture: the text encoder reads every
+        "{mention} [SEP] {sentence}", the vision encoder reads the picture once."""
+        if not mentions:
+            raise ValueError("no mentions to encode")
+        device = next(self.model.parameters()).device
+        parts = []
+        for start in range(0, len(mentions), TEXT_BATCH):
+            texts = [mention_text(m, s) for m, s in zip(mentions[start:start + TEXT_BATCH],
+                                                           sentences[start:start + TEXT_BATCH])]
+            batch = {k: v.to(device) for k, v in self.model.processor(texts, [image]).items()}
+            f = self.model.encode(batch)  # texts [n], the picture [1]
+            n = len(texts)
+            f = Features(f.t_g, f.t_l, f.v_g.expand(n, -1), f.v_l.expand(n, -1, -1))
+            parts.append(self.model.matcher.mention_side(f))
+        return cat_terms(parts) if len(parts) > 1 else parts[0]
+
+    @torch.no_grad()
+    def rank_candidates(self, mention: dict, entities, top_k: int = 5, extra=None, overlay_entities=(),
+                        search: bool = False, exact: bool = False, kb: tuple = None, scored: tuple = None) -> dict:
+        """One mention's terms scored against given candidates: store positions `entities` and overlay
+        positions `overlay_entities` (of `extra`); search=True adds the search's own top k (link_terms).
+        -> {"nil", "results"} as link gives, ranked among these candidates only. `kb`: the (store,
+        searcher) pair of the version to read (by default the current one). `scored`: (Scores, row,
+        columns) when the entities' scores are computed already (link_text scores spans together)."""
+        store, searcher = self._kb if kb is None else kb
+        k = check_top_k(top_k, len(store) + (len(extra) if extra else 0))
+        rows = []
+        if len(entities):
+            entities = [int(i) for i in entities]
+            if scored is None:
+                scored = (self.model.matcher.score(mention, searcher.entity_terms(torch.tensor(entities))), 0,
+                          range(len(entities)))
+            scores, b, columns = scored
+            for i, j in zip(entities, columns):
+                meta = store.entities[i]
+                row = {"rank": None, "index": i, "id": meta.get("id"), "qid": meta.get("qid"),
+                       "name": meta.get("name"), "score": scores.s[b, j].item()}
+                row.update({f: getattr(scores, f)[b, j].item() for f in SCORE_FIELDS})
+                rows.append(row)
+        if extra is not None and len(overlay_entities):
+            wanted = {extra.records[p]["id"] for p in overlay_entities}
+            rows += [r for r in extra.rows(self.model.matcher, mention) if r["id"] in wanted]
+        if search:
+            seen = {r["id"] for r in rows}
+            rows += [r for r in self.link_terms(mention, k, exact, extra)["results"] if r["id"] not in seen]
+        rows.sort(key=lambda r: -r["score"])  # stable: a tie keeps full names first
+        for rank, row in enumerate(rows, 1):
+            row["rank"] = rank
+        return {"nil": is_nil([r["score"] for r in rows], self.nil_rule), "results": rows[:k]}
+
+    @torch.no_grad()
+    def link_text(self, text, image=None, top_k: int = 5, extra=None, search: bool = False, exact: bool = False,
+                  max_spans: int = MAX_SPANS, max_candidates: int = MAX_CANDIDATES, ner: bool = False) -> dict:
+        """Every mention of `text` that the KB's names and aliases (and the overlay `extra`'s) find, linked.
+        -> {"mentions": [{"start", "end", "text", "support", "context", "nil", "results"}] sorted by start,
+        "skipped": spans past `max_spans`}. Offsets are in `text` as given. A span's candidates are the
+        entities its name form belongs to (search=True adds the search's top k); MIMIC reads the span as
+        the mention and its `context` (the whole text when short, else a window around it: [start, end]
+        offsets) as the sentence, so each row equals link(text[context], span text)'s row for that entity.
+        ner=True adds the named entities a spaCy pipeline finds where no KB name is (support "ner", ranked
+        by the search's top k); without spaCy it changes nothing."""
+        if text is not None and not isinstance(text, str):
+            raise QueryError("The text must be a string.")
+        if not clean_text(text):
+            raise QueryError("Please type a text to find mentions in.")
+        kb = self._kb
+        store = kb[0]
+        check_top_k(top_k, len(store) + (len(extra) if extra else 0))
+        indexes = [self.mention_index(store)] + ([overlay_index(extra)] if extra else [])
+        spans, skipped = find_spans(text, indexes, max_spans, max_candidates)
+        if ner:
+            spans, more = add_ner_spans(text, spans, ner_spans(text), max_spans, len(indexes))
+            skipped += more
+        contexts = [context_window(text, s["start"], s["end"]) for s in spans]
+        terms = self.text_terms([clean_text(text[a:b]) for a, b in contexts], [clean_text(s["text"]) for s in spans],
+                                image) if spans else None
+        mentions = []
+        for first in range(0, len(spans), SCORE_BATCH):
+            # the spans of a batch against the union of their candidates: one read, one Matcher.score
+            batch = spans[first:first + SCORE_BATCH]
+            union = np.unique(np.concatenate([s["candidates"][0] for s in batch]))
+            scores = self.model.matcher.score(select(terms, slice(first, first + len(batch))),
+                                              kb[1].entity_terms(torch.from_numpy(union))) if len(union) else None
+            for b, span in enumerate(batch):
+                candidates, i = span["candidates"], first + b
+                columns = np.searchsorted(union, candidates[0]).tolist()
+                result = self.rank_candidates(select(terms, slice(i, i + 1)), candidates[0], top_k, extra,
+                                              candidates[1] if len(candidates) > 1 else (),
+                                              search or span["support"] == "ner", exact, kb,
+                                              (scores, b, columns))
+                mentions.append({"start": span["start"], "end": span["end"], "text": span["text"],
+                                 "support": span["support"], "context": list(contexts[i]), **result})
+        return {"mentions": mentions, "skipped": skipped}

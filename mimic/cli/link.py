@@ -1,4 +1,4 @@
-"""`link`: one mention, or a file of them, against a store."""
+"""`link`: one mention, or a file of them, against a store; without a mention, every mention of the text."""
 import json
 import logging
 import os
@@ -17,11 +17,17 @@ def add_link(sub):
                        epilog="examples:\n"
                               "  python -m mimic link --kb kb/wikimel --checkpoint K --sentence \"Hopper painted "
                               "Nighthawks.\" --mention Hopper\n"
+                              "  python -m mimic link --kb kb/wikimel --sentence \"Hopper painted Nighthawks.\"  "
+                              "(no --mention: every mention the KB's names find)\n"
                               "  python -m mimic link --kb kb/wikimel --checkpoint K --queries q.jsonl --out o.jsonl\n"
                               'queries: one JSON object a line, {"id", "sentence", "mention", "image": path or null}'
-                              " (paths relative to the queries file)\n"
+                              " (paths relative to the queries file); a line without \"mention\" links every "
+                              "mention of its sentence\n"
                               'output: {"id", "nil", "results": [{"rank", "index", "id", "qid", "name", "score", '
                               '"s_t", "s_t_g2g", "s_t_g2l", "s_v", "s_v_e2m", "s_v_m2e", "s_c"}]}\n'
+                              'without a mention: {"id", "mentions": [{"start", "end", "text", "support", '
+                              '"context", "nil", "results"}], "skipped"} (offsets in the sentence as given; see '
+                              "docs/mentions.md)\n"
                               "a result's \"id\" is the entity's stable id, the one 'kb update' and 'kb remove' take\n"
                               "--image of a missing or unreadable file is an error; in a queries file, a line whose "
                               'image is missing is linked without it, marked "image_missing": true, and counted '
@@ -29,7 +35,8 @@ def add_link(sub):
     p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
     model_options(p)
     p.add_argument("--sentence", help="the sentence the mention stands in")
-    p.add_argument("--mention", help="the words of the sentence that name the entity")
+    p.add_argument("--mention", help="the words of the sentence that name the entity; without it, every mention "
+                                     "that the KB's names and aliases find is linked")
     p.add_argument("--image", metavar="P", help="the mention's image (optional; a missing or unreadable file is an "
                                                 "error)")
     p.add_argument("--queries", metavar="Q.jsonl", help="many mentions, one JSON object a line")
@@ -65,7 +72,10 @@ def _read_queries(path):
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number} must be a JSON object")
         try:
-            sentence, mention = check_query(row.get("sentence"), row.get("mention"))
+            if row.get("mention") is None:  # every mention of the text: offsets in the sentence as given
+                sentence, mention = check_text(row.get("sentence")), None
+            else:
+                sentence, mention = check_query(row.get("sentence"), row.get("mention"))
         except QueryError as e:
             raise DataError(f"{path}: line {number} (id {row.get('id')!r}): {e}")
         image = row.get("image")
@@ -85,6 +95,29 @@ def _read_queries(path):
     return queries, image_missing
 
 
+def check_text(text) -> str:
+    """A text to find mentions in, as given (offsets count in it), or QueryError."""
+    from ..query import QueryError, clean_text
+    if text is not None and not isinstance(text, str):
+        raise QueryError("The sentence must be a string.")
+    if not clean_text(text):
+        raise QueryError("Please type a sentence to find mentions in.")
+    return text
+
+
+def _mentions_table(result) -> str:
+    """One block per mention: its offsets and words, then its ranked entities (or NIL)."""
+    blocks = []
+    for m in result["mentions"]:
+        head = f"[{m['start']}:{m['end']}] {m['text']}  ({m['support']})" + ("  NIL" if m["nil"] else "")
+        blocks.append(head + "\n" + _results_table(m["results"]))
+    if not blocks:
+        blocks.append("no mention found: no name or alias of the KB occurs in the sentence")
+    if result.get("skipped"):
+        blocks.append(f"{result['skipped']} more mentions skipped (at most {len(result['mentions'])} per text)")
+    return "\n\n".join(blocks)
+
+
 def _results_table(rows):
     head = f"{'rank':>4}  {'score':>8}  {'S_T':>8}  {'S_V':>8}  {'S_C':>8}  {'id':<10} name"
     lines = [head] + [f"{r['rank']:>4}  {r['score']:8.3f}  {r['s_t']:8.3f}  {r['s_v']:8.3f}  {r['s_c']:8.3f}  "
@@ -96,12 +129,15 @@ def cmd_link(args):
     from ..query import check_query
     single = args.sentence is not None or args.mention is not None
     if single == bool(args.queries):
-        raise SystemExit("error: give either --sentence and --mention, or --queries Q.jsonl --out O.jsonl")
+        raise SystemExit("error: give either --sentence (and --mention), or --queries Q.jsonl --out O.jsonl")
+    every = single and args.mention is None  # every mention of the sentence
     if args.queries and not args.out:
         raise SystemExit("error: --queries needs --out O.jsonl")
     # what can be refused at once, before the model (and PyTorch) loads
     check_store(args.kb)
-    if single:
+    if every:
+        check_text(args.sentence)
+    elif single:
         check_query(args.sentence, args.mention)
     else:
         check_output_file(args.out, "--out")
@@ -115,6 +151,10 @@ def cmd_link(args):
         checked_image(args.image)  # the model's own image pipeline (and image mode) then reads the file
     store = KBStore.load(args.kb)
     linker = Linker(store_model(args, store), store, candidates=args.candidates)
+    if every:
+        result = linker.link_text(args.sentence, args.image, args.top_k, exact=args.exact)
+        print(json.dumps(result, ensure_ascii=False, indent=1) if args.json else _mentions_table(result))
+        return
     if single:
         result = linker.link(args.sentence, args.mention, args.image, args.top_k, args.exact)
         if args.json:
@@ -125,8 +165,14 @@ def cmd_link(args):
                 print("NIL: no matching entity in the KB (the best score is below the calibrated threshold)")
         return
     bar = tqdm(total=len(queries), unit="query", desc="link", disable=args.no_progress)
-    def results():
-        for query, missing, result in zip(queries, image_missing, linker.link_many(queries, args.top_k, args.exact)):
+    linked = linker.link_many([q for q in queries if q.mention is not None], args.top_k, args.exact)
+
+    def results():  # in the file's order: a line without a mention links every mention of its sentence
+        for query, missing in zip(queries, image_missing):
+            if query.mention is None:
+                result = linker.link_text(query.sentence, query.image, args.top_k, exact=args.exact)
+            else:
+                result = next(linked)
             bar.update(1)
             yield {"id": query.id, **({"image_missing": True} if missing else {}), **result}
     write_jsonl(args.out, results())
