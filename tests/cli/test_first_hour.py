@@ -125,4 +125,12 @@ def test_the_readme_builds_the_demo_kb_with_one_command(tmp_path, tiny_clip):
     count, best, scores = json.loads(out.stdout.splitlines()[-1])  # random weights: any entity may come first
     names = {unquote(e["entity_name"]) for e in json.load(open(os.path.join(ROOT, "assets", "demo_kb", "kb_entity.json")))}
     assert count == 5 and best in names and set(scores) == {"s", "s_t", "s_v", "s_c"}
+    # and the README's every-mention command: the spans come from the KB's names, whatever the weights
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("python -m mimic link") and "--mention" not in ln]
+    text = line.split('--sentence "')[1].rstrip('"')
+    out = subprocess.run([sys.executable, "-m", "mimic", "link", "--kb", str(tmp_path / "demo"), "--sentence", text,
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    spans = [m["text"] for m in json.loads(out.stdout)["mentions"]]
+    assert spans == ["Grace Hopper", "COBOL", "Alan Turing", "Turing machine"]
     shutil.rmtree(tmp_path / "demo")
