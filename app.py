@@ -5,17 +5,38 @@ choose the weights, the CLIP and the cache folder (see README).
 """
 import logging
 import os
+import sys
+import threading
+import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not sys.stderr.isatty():
+    # a server log (a Space's, a file) is read line by line: progress bars redrawn with \r would run into the
+    # next log line there; the page shows the KB's progress instead, and the log says when it is ready
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 from demo.inputs import MAX_UPLOAD  # noqa: E402
-from demo.layout import SESSION_STATES, build_app  # noqa: E402
+from demo.layout import CSS_PATH, SESSION_STATES, build_app  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("app")
+started = time.monotonic()
 
 demo = build_app()
 
+
+def report_ready(kb):
+    """One line once the knowledge base can be linked against (or why it cannot)."""
+    kb.wait()
+    if kb.ready:
+        log.info("ready: %d entities in %.1f s", len(kb.linker.store), time.monotonic() - started)
+    else:
+        log.error("not ready: %s", kb.error)
+
+
 if __name__ == "__main__":
+    threading.Thread(target=report_ready, args=(demo.app_state.kb,), name="report-ready", daemon=True).start()
     # uploads past MAX_UPLOAD are refused while they arrive, before anything is stored
     demo.queue(default_concurrency_limit=1, max_size=256).launch(show_error=False, max_file_size=MAX_UPLOAD,
-                                                                  state_session_capacity=SESSION_STATES)
+                                                                  state_session_capacity=SESSION_STATES,
+                                                                  css_paths=[CSS_PATH])
