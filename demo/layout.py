@@ -36,7 +36,7 @@ a picture. Type or pick an example, then press **Link**."""
 # after an answer, bring it into view (the examples sit beside the form, the answer below it)
 SCROLL_TO_ANSWER = "() => document.getElementById('answer')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
 # what "Use via API" shows as example values (Gradio takes them from each component's example_inputs)
-API_EXAMPLES = {"sentence": "Hopper painted Nighthawks in 1942.", "mention": "Hopper", "top_k": 5}
+API_EXAMPLES = {"sentence": "Hopper painted Nighthawks in 1942.", "mention": "Hopper"}
 
 
 def _api_example(component, value):
@@ -69,10 +69,11 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                                                                                       "problem": "#f87171"},
                                                show_legend=False, combine_adjacent=False, elem_id="highlight")
                 with gr.Row():
-                    image = ImageFile(label="Image (optional)", type="filepath", image_mode=None,
-                                      sources=["upload", "clipboard", "webcam"], height=150, min_width=160)
+                    image = _api_example(ImageFile(label="Image (optional)", type="filepath", image_mode=None,
+                                                   sources=["upload", "clipboard", "webcam"], height=150,
+                                                   min_width=160), None)
                     with gr.Column(min_width=140):
-                        top_k = TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5)
+                        top_k = _api_example(TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5), 5)
                         link = gr.Button("Link", variant="primary", elem_id="link", interactive=app.kb.ready)
             with gr.Column(scale=6, min_width=320, elem_id="examples-col"):
                 gallery = gr.Dataset(components=[gr.HTML(visible=False)], samples=[[card(e)] for e in examples],
