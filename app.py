@@ -11,14 +11,27 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not sys.stderr.isatty():
-    # a server log (a Space's, a file) is read line by line: progress bars redrawn with \r would run into the
-    # next log line there; the page shows the KB's progress instead, and the log says when it is ready
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    # a server log (a Space's, a file) keeps every redraw of a progress bar: a few, not one per batch (the
+    # page shows the KB's progress as it goes, and the log says when it is ready)
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
+
+from tqdm import tqdm  # noqa: E402  (reads TQDM_* when imported)
 
 from demo.inputs import MAX_UPLOAD  # noqa: E402
 from demo.layout import CSS_PATH, SESSION_STATES, build_app  # noqa: E402
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+class OwnLine(logging.StreamHandler):
+    """Each log record on a line of its own, even while a progress bar (drawn without a newline until it
+    ends, e.g. the KB's encoding in its thread) is on the current line of a log file."""
+
+    def emit(self, record):
+        if not self.stream.isatty() and len(getattr(tqdm, "_instances", ())):
+            self.stream.write("\n")
+        super().emit(record)
+
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[OwnLine()])
 log = logging.getLogger("app")
 started = time.monotonic()
 

@@ -59,8 +59,8 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                 sentence = _api_example(gr.Textbox(label="Sentence", lines=2, max_length=MAX_SENTENCE_CHARS,
                                                    placeholder="e.g. Hopper painted Nighthawks in 1942."),
                                         API_EXAMPLES["sentence"])
-                mention = _api_example(gr.Textbox(label="Mention (the words that name something)",
-                                                  placeholder="e.g. Hopper", max_length=MAX_MENTION_CHARS),
+                mention = _api_example(gr.Textbox(label="Mention", placeholder="the words that name something, e.g. Hopper",
+                                                  max_length=MAX_MENTION_CHARS),
                                        API_EXAMPLES["mention"])
                 occurrence = gr.Radio(label="Which occurrence? (only the highlight changes; the first "
                                             f"{MAX_OCCURRENCES} are listed)",

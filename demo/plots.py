@@ -46,8 +46,9 @@ def score_chart(rows: list, has_image: bool = True, entity_images: list = None) 
         fig.add_bar(x=values, y=labels, name=name, marker_color=colour, orientation="h", customdata=custom,
                     hovertemplate=f"<b>%{{y}}</b><br>{name}: %{{x:.2f}}{hover}<extra></extra>")
     # the legend under the axis: above the bars it would meet the toolbar, beside them it squeezes a phone's plot
-    fig.update_layout(barmode="group", height=150 + 64 * len(rows), margin=dict(l=8, r=12, t=10, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.18 * 420 / (150 + 64 * len(rows)), x=0,
+    # margin t: room for the page's label and plotly's toolbar above the first bar
+    fig.update_layout(barmode="group", height=180 + 64 * len(rows), margin=dict(l=8, r=12, t=44, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18 * 420 / (180 + 64 * len(rows)), x=0,
                                   font=dict(size=11)),
                       bargap=0.25, bargroupgap=0.05, xaxis_title=dict(text="score (the axis does not start at 0)",
                                                                        font=dict(size=12)))
