@@ -110,9 +110,9 @@ class DemoApp:
 
     def _linker(self):
         if self.kb.error:
-            raise refused(self.kb.error, "a request (no KB)")
+            raise gr.Error(self.kb.error)  # logged as a refusal by visitor_errors, like every gr.Error here
         if not self.kb.ready:
-            raise refused(f"{preparing(self.kb.status)} Please try again in a few seconds.", "a request (warming up)")
+            raise gr.Error(f"{preparing(self.kb.status)} Please try again in a few seconds.")
         self.kb.linker.refresh()  # a `kb add/update/remove` on the served store shows up at once
         return self.kb.linker
 
@@ -129,7 +129,7 @@ class DemoApp:
             terms = linker.mention_terms([Query(sentence, mention, image)])
             result = linker.link_terms(terms, int(top_k), extra=overlay)
         except QueryError as e:
-            raise refused(str(e), "a query") from None
+            raise gr.Error(str(e)) from None
         return result, image, terms, overlay
 
     def api_link(self, sentence, mention, image_path=None, top_k=5, request: gr.Request = None):
