@@ -155,8 +155,9 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                                    api_visibility="private").success(
             app.ui_link, [sentence, mention, image, top_k], link_outputs, api_visibility="private",
             concurrency_id="model", validator=query_limits))
-        candidate.change(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
-                         concurrency_id="model", trigger_mode="always_last")
+        # the visitor's choice only (.input): after a link, the chain above explains the best match once
+        candidate.input(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
+                        concurrency_id="model", trigger_mode="always_last")
         # another unit: redrawn from the explanation kept in the session, without the model
         patch_unit.change(app.patch_relevance, [explanation, patch_unit], [mention_relevance, entity_relevance],
                           api_visibility="private")
