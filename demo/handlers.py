@@ -85,10 +85,9 @@ class DemoApp:
         """One line (what runs, the KB's state), the details on demand: a long warning must not fill a phone's
         first screen."""
         loaded = self.loaded
-        kind = {"trained checkpoint": "trained checkpoint", "zero-shot": "zero-shot",
-                "stand-in": "stand-in CLIP with random weights"}.get(getattr(loaded, "kind", ""), "")
+        kind = {"stand-in": "stand-in CLIP with random weights"}.get(loaded.kind, loaded.kind)
         line = f"**Model:** MIMIC, {kind} · **Knowledge base:** {self.kb.status}"
-        if loaded.stand_in if hasattr(loaded, "stand_in") else False:
+        if loaded.stand_in:
             summary = "⚠️ Random weights: the results are NOT meaningful (details)"
         elif loaded.warnings:
             summary = f"⚠️ {len(loaded.warnings)} note{'s' * (len(loaded.warnings) > 1)} about the model (details)"
