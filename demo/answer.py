@@ -82,7 +82,7 @@ def ranked_list(rows: list, records: list, thumbnails: list, session_mark: str) 
         gap = row["score"] - rows[0]["score"]
         description = meta.get("description", "")
         description = description if len(description) <= 160 else description[:159].rsplit(" ", 1)[0] + "…"
-        body.append(f'<tr><td class="rank">{row["rank"]}</td><td class="thumb">{thumb}'
+        body.append(f'<tr data-row="{row["rank"] - 1}" title="Explain this candidate"><td class="rank">{row["rank"]}</td><td class="thumb">{thumb}'
                     f'{credit_html(row.get("image_credit"))}</td><td class="entity"><b>{_name(row, session_mark)}'
                     f'</b><div class="desc">{html_literal(description)}</div></td><td class="score">'
                     f'{row["score"]:.2f}' + (f'<div class="gap">{gap:+.2f}</div>' if row["rank"] > 1 else "")

@@ -188,6 +188,15 @@ class DemoApp:
         """The page was closed (or the client went away): forget the session's entities."""
         self.sessions.end(_session(request))
 
+    @staticmethod
+    def select_row(state, evt: gr.SelectData):
+        """A click on a ranked row: that row's entity goes to "Explain candidate" (a bad index changes nothing)."""
+        rows = (state or {}).get("rows") or []
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not rows or not isinstance(row, int) or not 0 <= row < len(rows):
+            return gr.update()
+        return gr.update(value=candidate_key(rows[row]))
+
     def ui_explain(self, state, entity_key, patch_unit="s", word_unit="s", request: gr.Request = None):
         """The evidence for the selected candidate (a KB entity or one of the session's): the relevance of
         each patch of both pictures and of each word, and, with a trained checkpoint, CMFU's α and TGLU's

@@ -35,6 +35,11 @@ Which entity does a word in a sentence name? MIMIC ranks a knowledge base's enti
 a picture. Type or pick an example, then press **Link**."""
 # after an answer, bring it into view (the examples sit beside the form, the answer below it)
 SCROLL_TO_ANSWER = "() => document.getElementById('answer')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
+# a click on a ranked row selects it (its index, the row's place in the list) to be explained
+ROW_CLICK = """element.addEventListener('click', (event) => {
+  const row = event.target.closest('tr[data-row]');
+  if (row) trigger('select', {index: Number(row.dataset.row), value: null});
+});"""
 # what "Use via API" shows as example values (Gradio takes them from each component's example_inputs)
 API_EXAMPLES = {"sentence": "Hopper painted Nighthawks in 1942.", "mention": "Hopper"}
 
@@ -84,7 +89,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
             best = gr.HTML(elem_id="verdict")
             with gr.Row():
                 with gr.Column(scale=5, min_width=300):
-                    table = gr.HTML(label="Ranked entities", elem_id="ranked")
+                    table = gr.HTML(label="Ranked entities", elem_id="ranked", js_on_load=ROW_CLICK)
                 with gr.Column(scale=6, min_width=300):
                     chart = gr.Plot(label="Unit scores (hover for their parts)", elem_id="scores")
             gr.Markdown(RELEVANCE_HELP)
@@ -155,6 +160,8 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                                    api_visibility="private").success(
             app.ui_link, [sentence, mention, image, top_k], link_outputs, api_visibility="private",
             concurrency_id="model", validator=query_limits))
+        table.select(app.select_row, [state], [candidate], api_visibility="private").then(
+            app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
         # the visitor's choice only (.input): after a link, the chain above explains the best match once
         candidate.input(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
                         concurrency_id="model", trigger_mode="always_last")

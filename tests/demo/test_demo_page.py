@@ -154,6 +154,12 @@ def test_examples_in_view_one_click_answers_in_view_and_nothing_wider_than_the_s
         assert page.locator("#ranked tbody tr").count() == 5
         assert page.evaluate("document.scrollingElement.scrollWidth <= innerWidth")
         assert page.locator(".toast-body.error").count() == 0
+        if size == "laptop":  # a click on a ranked row explains that entity
+            third = page.locator("#ranked tbody tr").nth(2)
+            name = third.locator("td.entity b").inner_text().split(" (")[0]
+            third.click()
+            expect(page.locator("#candidate input")).to_have_value(f"3. {name}", timeout=30_000)
+            expect(page.locator("#entity-relevance")).to_contain_text(f"{name}: ", timeout=60_000)
     finally:
         page.close()
 
