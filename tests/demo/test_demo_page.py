@@ -58,7 +58,8 @@ def test_the_best_match_card_says_the_margin_what_s_means_and_credits_the_pictur
         '<div class="credit">A</div>'  # not a clean address: no link
     rows = [{**ROW, "rank": r, "score": 75.2 - r} for r in range(1, 6)]
     table = ranked_list(rows, [{"description": "d"}] * 5, ["<i>pic</i>"] * 5, SESSION_MARK)
-    assert table.count("<tr>") == 6 and "-4.00" in table  # the header and every row; the gap to the best
+    assert table.count("<tr") == 6 and "-4.00" in table  # the header and every row; the gap to the best
+    assert [f'data-row="{i}"' in table for i in range(5)] == [True] * 5  # a click tells which row
 
 
 def test_the_chart_shows_differences_and_leaves_out_s_v_without_a_picture():
