@@ -2,6 +2,7 @@
 see is said plainly (never a traceback), and nothing a visitor does reaches another visitor."""
 import contextlib
 import logging
+import re
 
 import gradio as gr
 
@@ -11,6 +12,7 @@ from mimic.model.images import ImageError, open_image
 from mimic.model.processing import mention_text
 
 from . import heatmap, plots
+from .answer import best_card, ranked_list
 from .inputs import check_inputs, uploaded_image
 from .kb import NO_IMAGE, DemoKB, compact_picture
 from .models import load_demo_model
@@ -22,25 +24,33 @@ log = logging.getLogger(__name__)
 LINK_FAILED = "Something went wrong while linking; the details are in the server log."
 
 
+def refused(message: str, what: str = "request") -> gr.Error:
+    """A refusal: one line in the server log (what was refused, and why), no traceback there, the message
+    for the visitor."""
+    log.info("refused %s: %s", what, message)
+    return gr.Error(message, print_exception=False)
+
+
 @contextlib.contextmanager
-def visitor_errors(failure: str, expected=(), logged: str = ""):
-    """What a visitor sees of an error: a refusal (gr.Error) or an `expected` error as its own message; any
-    other error only as `failure`, its traceback kept in the server log under `logged`."""
+def visitor_errors(failure: str, expected=(), logged: str = "", what: str = "request"):
+    """What a visitor sees of an error: a refusal (gr.Error) or an `expected` error as its own message, logged
+    as one line; any other error only as `failure`, its traceback kept once in the server log under `logged`."""
     try:
         yield
-    except gr.Error:
+    except gr.Error as e:
+        if e.print_exception:  # a refusal from the input checks: one line, not Gradio's traceback
+            log.info("refused %s: %s", what, e.message)
+            e.print_exception = False
         raise
     except expected as e:
-        raise gr.Error(str(e))
+        raise refused(str(e), what) from None
     except Exception:
         log.exception(logged)
-        raise gr.Error(failure)
+        raise gr.Error(failure, print_exception=False) from None
 
 SESSION_MARK = " (added in this session)"
 UNIT_NAMES = {"s": "S", "s_t": "S_T", "s_v": "S_V", "s_c": "S_C"}
-
-def _description(text: str, limit: int = 140) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+MAP_CAPTION = {"s": "what moved S", "s_v": "what moved S_V", "s_c": "what moved S_C"}
 
 
 def candidate_key(row: dict):
@@ -48,17 +58,10 @@ def candidate_key(row: dict):
     return row["index"] if row.get("index") is not None else row["id"]
 
 
-def verdict_markdown(result: dict) -> str:
-    rows = result["results"]
-    if result["nil"]:
-        return ("### ∅ No matching entity in the KB\nThe best score is below the NIL threshold calibrated "
-                "for this checkpoint; the closest entities are listed anyway.")
-    if not rows:
-        return ""
-    top = rows[0]
-    where = SESSION_MARK if top.get("session") else (
-        f" ({markdown_literal(top['qid'])})" if top.get("qid") else "")
-    return f"### → {markdown_literal(top['name'])}{where}"
+def preparing(status: str) -> str:
+    """The Link button's text while the KB is prepared: "Preparing the knowledge base (n of N)…"."""
+    count = re.search(r"(\d+) of (\d+)", status or "")
+    return f"Preparing the knowledge base ({count[1]} of {count[2]})…" if count else "Preparing the knowledge base…"
 
 def _session(request) -> str:
     """Gradio's session hash: one browser tab, or one gradio_client Client."""
@@ -79,16 +82,36 @@ class DemoApp:
 
     # -- status -----------------------------------------------------------------------------------
     def status_markdown(self) -> str:
-        lines = [f"**Model:** {self.loaded.description}"]
-        lines += [f"⚠️ **{w}**" for w in self.loaded.warnings]
-        lines.append(f"**Knowledge base:** {self.kb.status}")
-        return "\n\n".join(lines)
+        """One line (what runs, the KB's state), the details on demand: a long warning must not fill a phone's
+        first screen."""
+        loaded = self.loaded
+        kind = {"stand-in": "stand-in CLIP with random weights"}.get(loaded.kind, loaded.kind)
+        line = f"**Model:** MIMIC, {kind} · **Knowledge base:** {self.kb.status}"
+        if loaded.stand_in:
+            summary = "⚠️ Random weights: the results are NOT meaningful (details)"
+        elif loaded.warnings:
+            summary = f"⚠️ {len(loaded.warnings)} note{'s' * (len(loaded.warnings) > 1)} about the model (details)"
+        else:
+            summary = "About the model"
+        details = "\n\n".join([loaded.description] + [f"⚠️ **{w}**" for w in loaded.warnings])
+        return f"{line}\n\n<details><summary>{summary}</summary>\n\n{details}\n\n</details>"
+
+    def link_button(self):
+        """Link, or a disabled "Preparing the knowledge base (n of N)…" while it is prepared."""
+        if self.kb.ready or self.kb.error:
+            return gr.update(value="Link", interactive=True)
+        return gr.update(value=preparing(self.kb.status), interactive=False)
+
+    def page_state(self):
+        """On each page load and timer tick: the status, the Link button, and whether to keep polling."""
+        done = bool(self.kb.ready or self.kb.error)
+        return self.status_markdown(), self.link_button(), gr.Timer(active=not done)
 
     def _linker(self):
         if self.kb.error:
-            raise gr.Error(self.kb.error)
+            raise gr.Error(self.kb.error)  # logged as a refusal by visitor_errors, like every gr.Error here
         if not self.kb.ready:
-            raise gr.Error(f"{self.kb.status} Please try again in a few seconds.")
+            raise gr.Error(f"{preparing(self.kb.status)} Please try again in a few seconds.")
         self.kb.linker.refresh()  # a `kb add/update/remove` on the served store shows up at once
         return self.kb.linker
 
@@ -105,12 +128,12 @@ class DemoApp:
             terms = linker.mention_terms([Query(sentence, mention, image)])
             result = linker.link_terms(terms, int(top_k), extra=overlay)
         except QueryError as e:
-            raise gr.Error(str(e))
+            raise gr.Error(str(e)) from None
         return result, image, terms, overlay
 
-    def api_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
+    def api_link(self, sentence, mention, image_path=None, top_k=5, request: gr.Request = None):
         """/link: the ranked entities with every unit score (the `link` command's fields)."""
-        with visitor_errors(LINK_FAILED, logged="/link failed"):
+        with visitor_errors(LINK_FAILED, logged="/link failed", what="/link"):
             result, _, _, _ = self._query(sentence, mention, image_path, top_k, request)
         return {"sentence": sentence, "mention": mention, "model": self.loaded.description,
                 "zero_shot": self.loaded.zero_shot, **result}
@@ -123,29 +146,37 @@ class DemoApp:
         return record.get("thumbnail", NO_IMAGE) if record.get("session") else self.kb.thumbnail(record)
 
     def ui_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
-        with visitor_errors(LINK_FAILED, logged="linking failed"):
+        """The page's Link: -> the ranked list, the chart, the candidate to explain, the session's state, the
+        best-match card, the answer's section shown. While the KB is prepared: a notice, nothing changes."""
+        if not (self.kb.ready or self.kb.error):
+            gr.Info(f"{preparing(self.kb.status)} Link works in a few seconds.")
+            log.info("refused a link: the knowledge base is being prepared")
+            return (gr.skip(),) * 6
+        with visitor_errors(LINK_FAILED, logged="linking failed", what="a link"):
             result, image, terms, overlay = self._query(sentence, mention, image_path, top_k, request)
             rows = result["results"]
             records = [self._entity(candidate_key(r), overlay) for r in rows]
-        table = [[r["rank"], self._thumbnail(meta), r["name"] + (SESSION_MARK if r.get("session") else ""),
-                  _description(meta.get("description", "")), round(r["score"], 3)] for r, meta in zip(rows, records)]
+            card = best_card(result, records, image is not None, SESSION_MARK)
+        table = ranked_list(rows, records, [self._thumbnail(meta) for meta in records], SESSION_MARK)
         choices = [(f"{r['rank']}. {r['name']}", candidate_key(r)) for r in rows]
         # what explain needs: the encoded mention, and its picture shrunk (never the upload or its path)
         state = {"sentence": sentence, "mention": mention, "rows": rows, "terms": terms,
                  "picture": compact_picture(image) if image is not None else None}
         chosen = candidate_key(rows[0]) if rows else None
-        return (table, plots.score_chart(rows), gr.update(choices=choices, value=chosen), state,
-                verdict_markdown(result))
+        chart = plots.score_chart(rows, image is not None, [bool(m.get("image") or m.get("picture")) for m in records])
+        return table, chart, gr.update(choices=choices, value=chosen), state, card, gr.update(visible=True)
 
-    def add_entity(self, name, description, image_path, request: gr.Request = None):
+    def add_entity(self, name, description="", image_path=None, request: gr.Request = None):
         """/add_entity: encode a new entity for this session only; it is linkable at once in this session."""
-        check_inputs(name=name, description=description)
-        linker = self._linker()
-        image = uploaded_image(image_path)
+        with visitor_errors("The entity could not be added; the details are in the server log.",
+                            logged="adding an entity failed", what="/add_entity"):
+            check_inputs(name=name, description=description)
+            linker = self._linker()
+            image = uploaded_image(image_path)
         precision = linker.store.manifest.get("precision", "mixed")  # the session's terms rounded like the KB's
         # QueryError: a limit, or an empty name
         with visitor_errors("The entity could not be added; the details are in the server log.", QueryError,
-                            logged="adding an entity failed"):
+                            logged="adding an entity failed", what="/add_entity"):
             record = self.sessions.add(_session(request), self.loaded.model, precision, name, description, image)
         count, limit = len(self.sessions.overlay(_session(request))), self.sessions.per_session
         message = (f"Added “{record['name']}” for this session ({count} of {limit}): it can be linked right away, "
@@ -157,7 +188,9 @@ class DemoApp:
         """The page was closed (or the client went away): forget the session's entities."""
         self.sessions.end(_session(request))
 
-    def select_row(self, state, evt: gr.SelectData):
+    @staticmethod
+    def select_row(state, evt: gr.SelectData):
+        """A click on a ranked row: that row's entity goes to "Explain candidate" (a bad index changes nothing)."""
         rows = (state or {}).get("rows") or []
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not rows or not isinstance(row, int) or not 0 <= row < len(rows):
@@ -174,7 +207,7 @@ class DemoApp:
         overlay = self.sessions.overlay(_session(request))
         linker, notes = self.kb.linker, []
         with visitor_errors("Could not explain this candidate; the details are in the server log.",
-                            (QueryError, ImageError), logged="explanation failed"):
+                            (QueryError, ImageError), logged="explanation failed", what="an explanation"):
             image = open_picture(state["picture"]) if state.get("picture") else None
             sentence, mention = check_query(state["sentence"], state["mention"])
             out = linker.explain(sentence, mention, image, entity_key, state.get("terms"), extra=overlay,
@@ -208,8 +241,8 @@ class DemoApp:
     def _alpha(picture, alpha, label: str):
         if picture is None:
             return gr.update(value=heatmap.blank(), visible=True, label=f"{label}: no image (zeros)")
-        return gr.update(value=heatmap.overlay(picture, alpha.tolist()), visible=True,
-                         label=f"{label}: CMFU patch attention α (where CMFU pooled)")
+        return gr.update(value=heatmap.scaled_map(picture, heatmap.patch_grid(alpha.tolist()), "where CMFU pooled"),
+                         visible=True, label=f"{label}: CMFU patch attention α (where CMFU pooled)")
 
     @staticmethod
     def patch_relevance(explanation, unit):
@@ -223,7 +256,7 @@ class DemoApp:
             if grids is None or picture is None:
                 updates.append(gr.update(value=heatmap.blank(), visible=True, label=f"{label}: no image"))
             else:
-                updates.append(gr.update(value=heatmap.overlay_grid(open_picture(picture), grids[unit]),
+                updates.append(gr.update(value=heatmap.scaled_map(open_picture(picture), grids[unit], MAP_CAPTION[unit]),
                                          visible=True, label=f"{label}: relevance for {UNIT_NAMES[unit]}"))
         return tuple(updates)
 
@@ -235,21 +268,23 @@ class DemoApp:
         unit = unit if unit in ("s", "s_t") else "s"
         words = explanation["token_relevance"]
         return gr.update(value=heatmap.word_highlights(explanation["text"], words["tokens"], words[unit]),
-                         visible=True, label=f"Words: relevance for {UNIT_NAMES[unit]} (the model reads the mention, "
-                                             f"[SEP], then the sentence: {explanation['max_tokens']} tokens at most)")
+                         visible=True, label=f"Words: relevance for {UNIT_NAMES[unit]} (redder = more; the model reads "
+                                             f"the mention, ·, then the sentence: {explanation['max_tokens']} tokens "
+                                             "at most)")
 
-    def api_explain(self, sentence, mention, image_path, entity, request: gr.Request = None):
+    def api_explain(self, sentence, mention, image_path=None, entity=None, request: gr.Request = None):
         """/explain: the evidence for one (mention, entity) pair, as Linker.explain returns it."""
-        check_inputs(sentence=sentence, mention=mention, entity=entity)
-        if entity is None or not str(entity).strip():
-            raise gr.Error("Please give the entity: its \"index\" in /link's results, or the \"id\" of an entity "
-                           "added in this session.")
-        linker = self._linker()
-        image = uploaded_image(image_path)
+        with visitor_errors("Something went wrong while explaining.", logged="/explain failed", what="/explain"):
+            check_inputs(sentence=sentence, mention=mention, entity=entity)
+            if entity is None or not str(entity).strip():
+                raise refused("Please give the entity: its \"index\" in /link's results, or the \"id\" of an "
+                              "entity added in this session.", "/explain")
+            linker = self._linker()
+            image = uploaded_image(image_path)
         overlay = self.sessions.overlay(_session(request))
         key = entity.strip()  # a session entity's id, else a KB index (checked as Linker.explain checks it)
         with visitor_errors("Something went wrong while explaining; the details are in the server log.",
-                            (QueryError, UnsupportedBackbone), logged="/explain failed"):
+                            (QueryError, UnsupportedBackbone), logged="/explain failed", what="/explain"):
             out = linker.explain(sentence, mention, image, key, extra=overlay)
             index, meta = linker.entity_record(key, overlay)
         record = {"index": index, "id": meta.get("id"), "qid": meta.get("qid"),

@@ -1,12 +1,12 @@
 """The page: its layout, and which handler each event runs (demo/handlers.py), with the APIs it publishes
 (/link, /explain, /add_entity)."""
-import json
 import os
 
 import gradio as gr
 
 from mimic.kb.overlay import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 
+from .examples import card, load_examples
 from .handlers import DemoApp
 from .inputs import (
     MAX_ENTITY_CHARS,
@@ -20,96 +20,110 @@ from .inputs import (
     describe_mention,
     input_validator,
 )
-from .kb import DEMO_KB
 from .link_text import register as register_link_text
 from .pictures import Picture
 from .sessions import PER_SESSION
 
-TABLE_HEADERS = ["Rank", "Image", "Entity", "Description", "S"]
 DELETE_CACHE = (600, 3600)  # Gradio's temporary files: every 10 minutes, remove those older than an hour
 # Gradio keeps each browser session's state (the last linked mention, its explanation: about 0.2 MB) for
 # this many sessions, dropping the oldest beyond: bounded memory (its own default, 10,000, is about 2 GB)
 SESSION_STATES = 2000
+EXAMPLES_PER_PAGE = 8  # a laptop's first screen holds them beside the form; a phone's Link stays within two screens
+CSS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.css")  # given to launch()
 PATCH_UNITS = [("S (overall)", "s"), ("S_V (vision)", "s_v"), ("S_C (cross-modal)", "s_c")]  # S_T reads no image
 WORD_UNITS = [("S (overall)", "s"), ("S_T (text)", "s_t")]
-INTRO = """# 🔗 MIMIC entity linking
-Type a sentence, mark the **mention** (the words that name something), optionally add an image, and press
-**Link**. MIMIC ranks the entities of a small demo knowledge base and shows its evidence: the text unit
-**S_T**, the vision unit **S_V**, the cross-modal unit **S_C** and their mean **S**, where it looked in
-the images, and which words it matched. Click a ranked entity to inspect it."""
+INTRO = """# MIMIC entity linking
+Which entity does a word in a sentence name? MIMIC ranks a knowledge base's entities by the sentence **and**
+a picture. Type or pick an example, then press **Link**."""
+# after an answer, bring it into view (the examples sit beside the form, the answer below it)
+SCROLL_TO_ANSWER = "() => document.getElementById('answer')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
+# a click on a ranked row selects it (its index, the row's place in the list) to be explained
+ROW_CLICK = """element.addEventListener('click', (event) => {
+  const row = event.target.closest('tr[data-row]');
+  if (row) trigger('select', {index: Number(row.dataset.row), value: null});
+});"""
+# what "Use via API" shows as example values (Gradio takes them from each component's example_inputs)
+API_EXAMPLES = {"sentence": "Hopper painted Nighthawks in 1942.", "mention": "Hopper"}
 
 
-def _examples():
-    path = os.path.join(DEMO_KB, "examples.json")
-    with open(path, encoding="utf-8") as f:
-        examples = json.load(f)
-    rows = [[e["sentence"], e["mention"], os.path.join(DEMO_KB, e["image"]) if e.get("image") else None, 5]
-            for e in examples]
-    labels = [e.get("note", "")[:80] or e["sentence"][:80] for e in examples]
-    return rows, labels
+def _api_example(component, value):
+    component.example_inputs = lambda: value  # Gradio's default for a Textbox is "Hello!!"
+    return component
 
 
 def build_app(app: DemoApp = None) -> gr.Blocks:
     app = app or DemoApp()
+    examples = load_examples()
     # Gradio keeps uploads in its temporary folder: files older than an hour go, checked every 10 minutes
     # (the app keeps no upload: the pictures it needs are decoded and shrunk into the session's state).
     with gr.Blocks(title="MIMIC entity linking", delete_cache=DELETE_CACHE) as page:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO, elem_id="intro")
         status = gr.Markdown(app.status_markdown(), elem_id="status")
         timer = gr.Timer(1.0, active=not app.kb.ready)
         state = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=2):
-                sentence = gr.Textbox(label="Sentence", lines=3, max_length=MAX_SENTENCE_CHARS,
-                                      placeholder="e.g. Hopper painted Nighthawks in 1942.")
-                mention = gr.Textbox(label="Mention", placeholder="e.g. Hopper", max_length=MAX_MENTION_CHARS)
-                occurrence = gr.Radio(label="Which occurrence? (MIMIC reads the mention's words and the whole "
-                                            "sentence; the position only changes the highlight; the first "
+        with gr.Row(elem_id="top"):
+            with gr.Column(scale=5, min_width=320, elem_id="form"):
+                sentence = _api_example(gr.Textbox(label="Sentence", lines=2, max_length=MAX_SENTENCE_CHARS,
+                                                   placeholder="e.g. Hopper painted Nighthawks in 1942."),
+                                        API_EXAMPLES["sentence"])
+                mention = _api_example(gr.Textbox(label="Mention", placeholder="the words that name something, e.g. Hopper",
+                                                  max_length=MAX_MENTION_CHARS),
+                                       API_EXAMPLES["mention"])
+                occurrence = gr.Radio(label="Which occurrence? (only the highlight changes; the first "
                                             f"{MAX_OCCURRENCES} are listed)",
                                       choices=[], type="value", visible=False)
                 highlight = gr.HighlightedText(label="Mention in context", color_map={"mention": "#fbbf24",
                                                                                       "problem": "#f87171"},
-                                               show_legend=False, combine_adjacent=False)
-                image = ImageFile(label="Image", type="filepath", image_mode=None,
-                                  sources=["upload", "clipboard", "webcam"], height=240)
-                top_k = TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5)
-                link = gr.Button("Link", variant="primary")
-            with gr.Column(scale=3):
-                table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "html", "str", "str", "number"],
-                                     label="Ranked entities (click a row to inspect it)", interactive=False,
-                                     wrap=True, elem_id="ranked", column_widths=["8%", "14%", "22%", "44%", "12%"])
-                verdict = gr.Markdown(elem_id="verdict")
-                chart = gr.Plot(label="Unit scores", elem_id="scores")
-        with gr.Row():
-            candidate = gr.Dropdown(label="Inspect candidate", choices=[], interactive=True, elem_id="candidate")
-        explanation = gr.State(None)
-        gr.Markdown(RELEVANCE_HELP)
-        patch_unit = gr.Radio(PATCH_UNITS, value="s", label="Patch relevance for (S_T reads no image)",
-                              elem_id="patch-unit")
-        with gr.Row():
-            mention_relevance = Picture(label="Mention image: relevance", visible=False, interactive=False,
-                                         elem_id="mention-relevance", height=300)
-            entity_relevance = Picture(label="Candidate image: relevance", visible=False, interactive=False,
-                                        elem_id="entity-relevance", height=300)
-        word_unit = gr.Radio(WORD_UNITS, value="s", label="Word relevance for", elem_id="word-unit")
-        words = gr.HighlightedText(label="Words: relevance", visible=False, show_legend=False,
-                                   combine_adjacent=False, elem_id="word-relevance")
-        gr.Markdown(ATTENTION_HELP)
-        explain_note = gr.Markdown(visible=False)
-        with gr.Row():
-            mention_map = Picture(label="Mention image: CMFU patch attention α", visible=False, interactive=False,
-                                   elem_id="mention-heatmap", height=300)
-            entity_map = Picture(label="Candidate image: CMFU patch attention α", visible=False, interactive=False,
-                                  elem_id="entity-heatmap", height=300)
-        tokens = gr.Plot(label="TGLU token-to-token attention", visible=False, elem_id="token-attention")
-        rows, labels = _examples()
-        gr.Examples(rows, inputs=[sentence, mention, image, top_k], example_labels=labels,
-                    label="Examples (the image or the context decides between entities that share a name)")
+                                               show_legend=False, combine_adjacent=False, elem_id="highlight")
+                with gr.Row():
+                    image = _api_example(ImageFile(label="Image (optional)", type="filepath", image_mode=None,
+                                                   sources=["upload", "clipboard", "webcam"], height=150,
+                                                   min_width=160), None)
+                    with gr.Column(min_width=140):
+                        top_k = _api_example(TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5), 5)
+                        link = gr.Button("Link", variant="primary", elem_id="link", interactive=app.kb.ready)
+            with gr.Column(scale=6, min_width=320, elem_id="examples-col"):
+                gallery = gr.Dataset(components=[gr.HTML(visible=False)], samples=[[card(e)] for e in examples],
+                                     type="index", layout="gallery", samples_per_page=EXAMPLES_PER_PAGE,
+                                     label="Examples: one click links (the picture or the context decides "
+                                           "between entities that share a name)", elem_id="examples")
+        with gr.Column(visible=False, elem_id="answer") as answer:
+            best = gr.HTML(elem_id="verdict")
+            with gr.Row():
+                with gr.Column(scale=5, min_width=300):
+                    table = gr.HTML(label="Ranked entities", elem_id="ranked", js_on_load=ROW_CLICK)
+                with gr.Column(scale=6, min_width=300):
+                    chart = gr.Plot(label="Unit scores (hover for their parts)", elem_id="scores")
+            gr.Markdown(RELEVANCE_HELP)
+            candidate = gr.Dropdown(label="Explain candidate", choices=[], interactive=True, elem_id="candidate")
+            explanation = gr.State(None)
+            explain_note = gr.Markdown(visible=False, elem_id="explain-note")
+            patch_unit = gr.Radio(PATCH_UNITS, value="s", label="Patch relevance for (S_T reads no image)",
+                                  elem_id="patch-unit")
+            with gr.Row():
+                mention_relevance = Picture(label="Mention image: relevance", visible=False, interactive=False,
+                                             elem_id="mention-relevance", height=340, show_label=True)
+                entity_relevance = Picture(label="Candidate image: relevance", visible=False, interactive=False,
+                                            elem_id="entity-relevance", height=340)
+            word_unit = gr.Radio(WORD_UNITS, value="s", label="Word relevance for", elem_id="word-unit")
+            words = gr.HighlightedText(label="Words: relevance", visible=False, show_legend=False,
+                                       combine_adjacent=False, elem_id="word-relevance")
+            # under the zero-shot initialisation α is uniform and the token attention untrained: no section
+            with gr.Column(visible=not app.loaded.zero_shot, elem_id="attention"):
+                gr.Markdown(ATTENTION_HELP)
+                with gr.Row():
+                    mention_map = Picture(label="Mention image: CMFU patch attention α", visible=False,
+                                           interactive=False, elem_id="mention-heatmap", height=340)
+                    entity_map = Picture(label="Candidate image: CMFU patch attention α", visible=False,
+                                          interactive=False, elem_id="entity-heatmap", height=340)
+                tokens = gr.Plot(label="TGLU token-to-token attention", visible=False, elem_id="token-attention")
         with gr.Accordion("Add an entity (for this session only)", open=False):
             gr.Markdown(ADD_HELP)
             with gr.Row():
-                new_name = gr.Textbox(label="Name", max_length=MAX_NAME_CHARS)
-                new_description = gr.Textbox(label="Description", lines=2, max_length=MAX_DESCRIPTION_CHARS)
+                new_name = _api_example(gr.Textbox(label="Name", max_length=MAX_NAME_CHARS), "Ada Lovelace")
+                new_description = _api_example(gr.Textbox(label="Description", lines=2,
+                                                          max_length=MAX_DESCRIPTION_CHARS),
+                                               "Wrote the first published algorithm.")
                 new_image = ImageFile(label="Entity image", type="filepath", image_mode=None,
                                       sources=["upload", "clipboard"], height=160)
             add_button = gr.Button("Add entity")
@@ -119,7 +133,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
             gr.Markdown(API_HELP)
         api_out = gr.JSON(visible=False)
         api_button = gr.Button(visible=False)
-        api_entity = gr.Textbox(visible=False, label="Entity", max_length=MAX_ENTITY_CHARS)
+        api_entity = _api_example(gr.Textbox(visible=False, label="Entity", max_length=MAX_ENTITY_CHARS), "0")
         api_explain_button = gr.Button(visible=False)
 
         # the highlighted sentence and the occurrence chooser follow the two text boxes
@@ -128,19 +142,31 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                        validator=input_validator("sentence", "mention"))
         occurrence.input(describe_mention, [sentence, mention, occurrence], [highlight, occurrence],
                          api_visibility="private", validator=input_validator("sentence", "mention", None))
-        timer.tick(lambda: (app.status_markdown(), gr.Timer(active=not (app.kb.ready or app.kb.error))),
-                   outputs=[status, timer], api_visibility="private")
+        # the status line and the Link button follow the KB's preparation, from each page load
+        page.load(app.page_state, outputs=[status, link, timer], api_visibility="private")
+        timer.tick(app.page_state, outputs=[status, link, timer], api_visibility="private")
         explain_inputs = [state, candidate, patch_unit, word_unit]
         explain_outputs = [mention_relevance, entity_relevance, words, mention_map, entity_map, tokens, explain_note,
                            explanation]
         query_limits = input_validator("sentence", "mention", "image", "top_k")
-        gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
-              [table, chart, candidate, state, verdict], api_visibility="private", concurrency_id="model",
-              validator=query_limits).then(
+        link_outputs = [table, chart, candidate, state, best, answer]
+
+        def then_explain(linked):
+            linked.then(None, js=SCROLL_TO_ANSWER).then(
+                app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
+
+        then_explain(gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
+                           link_outputs, api_visibility="private", concurrency_id="model", validator=query_limits))
+        # an example: fill the form, link it, show the answer
+        then_explain(gallery.click(lambda i: fill_example(examples, i), gallery, [sentence, mention, image, top_k],
+                                   api_visibility="private").success(
+            app.ui_link, [sentence, mention, image, top_k], link_outputs, api_visibility="private",
+            concurrency_id="model", validator=query_limits))
+        table.select(app.select_row, [state], [candidate], api_visibility="private").then(
             app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
-        table.select(app.select_row, [state], [candidate], api_visibility="private")
-        candidate.change(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
-                         concurrency_id="model", trigger_mode="always_last")
+        # the visitor's choice only (.input): after a link, the chain above explains the best match once
+        candidate.input(app.ui_explain, explain_inputs, explain_outputs, api_visibility="private",
+                        concurrency_id="model", trigger_mode="always_last")
         # another unit: redrawn from the explanation kept in the session, without the model
         patch_unit.change(app.patch_relevance, [explanation, patch_unit], [mention_relevance, entity_relevance],
                           api_visibility="private")
@@ -159,11 +185,19 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
     return page
 
 
-RELEVANCE_HELP = """### Why this candidate: relevance
-How much each 32-px patch of the two pictures and each word moved the score of the candidate
-(bright / red = more): gradient-weighted attention relevance (Chefer et al., ICCV 2021) through every layer
-of both CLIP towers, under any initialisation. Choose the score it explains: S, or one unit's."""
-ATTENTION_HELP = """### Where the units pooled: attention (trained checkpoints)
+def fill_example(examples: list, index) -> tuple:
+    """What a click on example `index` puts in the form (an index out of range changes nothing)."""
+    if not isinstance(index, int) or not 0 <= index < len(examples):
+        return (gr.skip(),) * 4
+    example = examples[index]
+    return example["sentence"], example["mention"], example["image"], 5
+
+
+RELEVANCE_HELP = """### Why this candidate
+How much each 32-px patch of the two pictures, and each word, moved the candidate's score: gradient-weighted
+attention relevance (Chefer et al., ICCV 2021) through both CLIP towers. On the maps dark = less, bright
+yellow = more (the bar under each map gives the range); words: redder = more."""
+ATTENTION_HELP = """### Where the units pooled: attention
 CMFU's patch attention α and TGLU's token-to-token attention: where the units looked, which is not the
 same as what moved the score."""
 

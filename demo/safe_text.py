@@ -46,3 +46,14 @@ def without_paths(text, named: dict = None) -> str:
             for form in {path, os.path.abspath(path), os.path.realpath(path)}:
                 text = text.replace(form.rstrip("/"), label)
     return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "…", text)
+
+
+def html_literal(text) -> str:
+    """`text` as characters in HTML (the best-match card, the ranked list, the examples)."""
+    return html.escape(str(text or ""), quote=True)
+
+
+def http_url(url) -> str:
+    """`url` escaped for an href if it is an http(s) address, else "" (no javascript:, data: or relative link)."""
+    url = str(url or "").strip()
+    return html.escape(url, quote=True) if re.fullmatch(r"https?://[^\s<>\"']+", url, re.IGNORECASE) else ""

@@ -300,7 +300,7 @@ def segment_name(kb_version: int) -> str:
 def index_segment(segment: Segment, space: retrieval.Space, flat_limit: int, progress: bool = False) -> dict:
     """Build and save the retrieval index of a written segment; returns its spec for the manifest."""
     plan = retrieval.plan(segment.count, flat_limit)
-    bar = tqdm(total=segment.count, unit="entity", desc=f"index ({plan['kind']})", disable=not progress, leave=False)
+    bar = tqdm(total=segment.count, unit="entity", desc=f"index ({plan['kind']})", disable=not progress)
     retrieval.build(plan, lambda rows: space.entity_vectors(segment.read(retrieval.VECTOR_TERMS, rows)),
                     segment.folder, progress=bar.update)
     bar.close()

@@ -4,12 +4,14 @@ import io
 import os
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from demo import heatmap, plots
-from demo.handlers import DemoApp, verdict_markdown
+from demo.answer import best_card
+from demo.handlers import SESSION_MARK, DemoApp
 from demo.inputs import describe_mention, occurrences
 from demo.kb import DemoKB
 from demo.layout import DELETE_CACHE, build_app
@@ -34,14 +36,26 @@ def test_mention_occurrences_are_found_and_highlighted():
     assert highlighted[-1][1] == "problem" and chooser["visible"] is False
 
 
-def test_heatmap_overlay_puts_weight_where_alpha_is():
-    alpha = [0.0] + [0.0] * 49
+def _coloured_below(picture: Image.Image, top: int) -> int:
+    """How many pixels under `top` have a colour (the caption and notice are grey on white; the bar is not)."""
+    pixels = np.asarray(picture.crop((0, top, picture.width, picture.height)), dtype=np.int16)
+    return int(((pixels.max(axis=2) - pixels.min(axis=2)) > 30).sum())
+
+
+def test_maps_carry_their_colour_bar_and_a_flat_map_tints_nothing():
+    alpha = [0.0] * 50
     alpha[1 + 6] = 1.0  # top-right patch of the 7 x 7 grid
     image = Image.new("RGB", (700, 350), (128, 128, 128))
-    out = heatmap.overlay(image, alpha, max_side=512)
-    assert out.size == (512, 256)
+    out = heatmap.scaled_map(image, heatmap.patch_grid(alpha), "where CMFU pooled")
+    assert out.width == 512 and out.height > 256 + 30  # the picture (512 x 256), then its bar and caption
     top_right, bottom_left = out.getpixel((500, 10)), out.getpixel((10, 250))
     assert sum(top_right) > sum(bottom_left) + 100
+    bar_row = 256 + 12
+    assert sum(out.getpixel((400, bar_row))) > sum(out.getpixel((150, bar_row))) + 200  # inferno: dark = less
+    assert _coloured_below(out, 256) > 2000
+    flat = heatmap.scaled_map(image, [[0.0] * 7] * 7, "what moved S")  # an all-zero relevance map
+    assert {flat.getpixel((x, y)) for x in (10, 250, 500) for y in (10, 128, 250)} == {(128, 128, 128)}  # no tint
+    assert _coloured_below(flat, 256) == 0  # no colour bar either: the notice says there is no evidence
     with pytest.raises(ValueError, match="square grid"):
         heatmap.patch_grid([0.1] * 11)  # CLS + 10 patches: not a square
 
@@ -50,8 +64,8 @@ def test_score_chart_and_token_plot():
     rows = [{"rank": 1, "name": "Grace Hopper", "score": 3.0, "s_t": 4.0, "s_t_g2g": 6.0, "s_t_g2l": 2.0, "s_v": 2.0,
              "s_v_e2m": 1.0, "s_v_m2e": 3.0, "s_c": 3.0}]
     fig = plots.score_chart(rows)
-    assert [t.name for t in fig.data] == ["S_T (text)", "S_V (vision)", "S_C (cross-modal)", "S (overall)"]
-    assert list(fig.data[0].customdata[0]) == [6.0, 2.0] and list(fig.data[3].y) == [3.0]
+    assert [t.name for t in fig.data] == ["S (overall)", "S_T (text)", "S_V (vision)", "S_C (cross-modal)"]
+    assert list(fig.data[1].customdata[0]) == [3.0, 1.0] and list(fig.data[0].x) == [3.0]  # halves: they add to S_T
     fig = plots.token_attention(torch.eye(3), ["a", "b", "c"], ["x", "<|endoftext|>", "<|endoftext|>"], "E")
     assert list(fig.layout.xaxis.ticktext) == ["x", "&lt;|endoftext|&gt;", "·"]  # plotly shows "<|endoftext|>"
 
@@ -64,10 +78,12 @@ def test_kb_text_is_shown_literally_in_markdown_and_plotly():
     assert markdown_literal("a\nb") == "a b"
     rows = [{"rank": 1, "name": evil, "qid": "Q1", "score": 1.0, "s_t": 1.0, "s_t_g2g": 1.0, "s_t_g2l": 1.0, "s_v": 1.0,
              "s_v_e2m": 1.0, "s_v_m2e": 1.0, "s_c": 1.0}]
-    assert verdict_markdown({"nil": False, "results": rows}) == f"### → {escaped} (Q1)"
-    assert verdict_markdown({"nil": False, "results": [{**rows[0], "session": True}]}).endswith(
-        " (added in this session)")
-    assert plots.score_chart(rows).data[0].x[0] == "1. " + html.escape(evil)
+    record = {"name": evil, "description": evil}
+    card = best_card({"nil": False, "results": rows}, [record], True, SESSION_MARK)
+    assert html.escape(evil) in card and "<img src=x>" not in card and "evil.example/p.png)" in card
+    assert "(added in this session)" in best_card({"nil": False, "results": [{**rows[0], "session": True}]}, [record],
+                                                 True, SESSION_MARK)
+    assert plots.score_chart(rows).data[0].y[0] == "1. " + html.escape(evil[:27]) + "…"
     fig = plots.token_attention(torch.eye(2), ["<b>", "x"], ["<a href=y>", "z"], "<i>E</i>")
     assert "&lt;i&gt;E&lt;/i&gt;" in fig.layout.title.text
     assert fig.data[0].customdata[0][0] == ["&lt;b&gt;", "&lt;a href=y&gt;"]
@@ -149,7 +165,7 @@ def test_the_page_is_wired_for_public_use(tiny_model):
     assert [fn.fn.__name__ for fn in page.fns.values() if any(t[1] == "unload" for t in fn.targets)] == ["end_session"]
     texts = {block._id for block in page.blocks.values() if isinstance(block, gr.Textbox)}
     readers = [fn for fn in page.fns.values() if {block._id for block in fn.inputs} & texts]
-    assert len(readers) == 8 and all(fn.validator is not None for fn in readers)
+    assert len(readers) == 9 and all(fn.validator is not None for fn in readers)  # an example's link, /link_text
 
 
 # -- the served app ---------------------------------------------------------------------------------
@@ -197,7 +213,7 @@ def test_the_page_links_and_draws_every_panel(app_server, browser_page):
     expect(page.locator("#verdict")).to_contain_text("→", timeout=60_000)
     top_name = page.locator("#verdict").inner_text().split("→")[1].split("(")[0].strip()
     expect(page.locator("#ranked")).to_contain_text(top_name)
-    assert page.locator("#ranked [role=grid]").get_attribute("aria-rowcount") == "6"  # header + Top k = 5
+    assert page.locator("#ranked tbody tr").count() == 5  # Top k
     expect(page.locator("#ranked img").first).to_be_visible()  # thumbnails
     expect(page.locator("#scores .js-plotly-plot")).to_be_visible(timeout=30_000)
     expect(page.locator("#mention-heatmap img")).to_be_visible(timeout=30_000)

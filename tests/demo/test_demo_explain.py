@@ -10,13 +10,14 @@ from tests.conftest import EXAMPLE_IMAGE, ROOT
 SENTENCE, MENTION = "A portrait of Hopper was unveiled at the gallery.", "Hopper"
 
 
-def test_word_highlights_colour_each_token_and_keep_the_text():
-    text = "Hopper [SEP] A portrait of Hopper."
-    pieces = word_highlights(text, ["hopper", "[", "sep", "]", "a", "portrait", "of", "hopper", "."],
-                             [2.0, 0.0, 0.0, 0.0, 0.5, 1.0, 0.0, 4.0, 0.0])
-    assert "".join(p for p, _ in pieces) == text
-    assert pieces[0] == ("Hopper", 0.5) and ("portrait", 0.25) in pieces and ("Hopper", 1.0) in pieces
-    assert all(value is None for piece, value in pieces if not piece.strip())
+def test_word_highlights_colour_words_and_hide_the_separator():
+    text = "Hopper [SEP] A portrait of Hopper's."
+    pieces = word_highlights(text, ["hopper", "[", "sep", "]", "a", "portrait", "of", "hopper", "'s", "."],
+                             [2.0, 0.0, 3.0, 0.0, 0.5, 1.0, 0.0, 3.0, 0.5, 0.5])
+    assert "".join(p for p, _ in pieces) == "Hopper · A portrait of Hopper's."  # [SEP] shown as a dot
+    assert pieces[0] == ("Hopper", 0.5) and ("portrait", 0.25) in pieces
+    assert ("Hopper's.", 1.0) in pieces  # one word: its pieces joined, their relevance summed (3 + 0.5 + 0.5)
+    assert all(value is None for piece, value in pieces if not piece.strip() or piece == " · ")
     long = "word " * 10_000
     pieces = word_highlights(long, ["word"] * 3, [1.0, 1.0, 1.0])
     assert len(pieces) == 6 and pieces[-1][0].endswith("…") and len(pieces[-1][0]) == 201

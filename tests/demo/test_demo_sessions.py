@@ -138,7 +138,7 @@ def test_the_page_shows_kb_and_visitor_text_as_text_and_inspects_session_entitie
     expect(page.locator("#entity-heatmap img")).to_be_visible(timeout=30_000)
     assert "no image" in page.locator("#entity-heatmap").inner_text()
     assert "<img src=https://evil.example/x.png>" in page.locator("#ranked").inner_text()
-    assert "<img src=https://evil.example/x.png>" in page.locator("#scores").inner_text()
+    assert "evil.exampl" in page.locator("#scores").inner_text()  # as text (the chart cuts a long name)
     live = page.evaluate("""() => [...document.querySelectorAll('a, img, image, iframe, link, source')]
         .map(e => ['href', 'xlink:href', 'src', 'srcset'].map(a => e.getAttribute(a) || '').join(' '))
         .filter(v => v.includes('evil.example'))""")
