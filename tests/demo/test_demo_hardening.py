@@ -97,7 +97,7 @@ def test_a_data_url_picture_links_as_the_same_upload_does(app_server):
 def test_every_handler_refuses_oversized_data_urls_as_the_request_joins(app_server, api_name):
     url, _, _ = app_server
     raw = RawSession(url)
-    image = raw.component(label="Entity image" if api_name == "add_entity" else "Image")
+    image = raw.component(label="Entity image" if api_name == "add_entity" else "Image (optional)")
     texts = {raw.component(label="Sentence"): HUGE, raw.component(label="Mention"): GOOD[1],
              raw.component(label="Top k"): 3, raw.component(label="Name"): "Ada",
              raw.component(label="Entity"): "0"}
@@ -126,7 +126,7 @@ def test_a_client_cannot_name_a_server_file_as_its_image(app_server):
     values = {raw.component(label="Sentence"): GOOD[0], raw.component(label="Mention"): GOOD[1],
               raw.component(label="Top k"): 3}
     for path in (EXAMPLE_IMAGE, "/etc/hostname", str(tmp / "ckpt")):
-        status, text = join(raw, "link", {**values, raw.component(label="Image"): {"path": path}})
+        status, text = join(raw, "link", {**values, raw.component(label="Image (optional)"): {"path": path}})
         assert status == 422 and "it was not uploaded" in text, (path, text)
         assert path not in text
 
@@ -182,9 +182,10 @@ TMP_PATH = re.compile(r"/tmp/|gradio_api/file=|\"path\": \"/")
 def test_hidden_handlers_answer_without_temporary_file_paths(app_server):
     url, _, tmp = app_server
     raw = RawSession(url)
-    example = next(d for d in raw.config["dependencies"] if d["api_name"] == "load_example")
-    config = raw.http.get(f"{url}config").text  # the examples table: thumbnails as data URLs
-    assert config.count('"url": "data:image/jpeg;base64,') + config.count('"url":"data:image/jpeg;base64,') >= 5
+    gallery = raw.component(elem_id="examples")  # a click fills the form with the example
+    example = next(d for d in raw.config["dependencies"] if [gallery, "click"] in d["targets"])
+    config = raw.http.get(f"{url}config").text  # the examples' cards: thumbnails as data URLs
+    assert config.count('src=\\"data:image/jpeg;base64,') >= 5
     assert len(config) < 400_000, len(config)
     answers = [config]
     for index in range(3):
@@ -196,7 +197,7 @@ def test_hidden_handlers_answer_without_temporary_file_paths(app_server):
     with open(EXAMPLE_IMAGE, "rb") as f:
         image = {"url": data_url(f.read(), "image/jpeg")}
     values = {raw.component(label="Sentence"): GOOD[0], raw.component(label="Mention"): GOOD[1],
-              raw.component(label="Image"): image, raw.component(label="Top k"): 3}
+              raw.component(label="Image (optional)"): image, raw.component(label="Top k"): 3}
     ui_link = next(d for d in raw.config["dependencies"] if d["api_name"] == "ui_link")
     success, output, _, _ = raw.call(ui_link, values)
     assert success is True
