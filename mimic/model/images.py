@@ -3,7 +3,9 @@
 `default` (for users): every image becomes upright RGB before the authors' resize and normalisation:
 grayscale, CMYK, 16-bit, palette and alpha (on white) are converted, EXIF orientation is applied, an
 animation gives its first frame, and images over MAX_PIXELS or MAX_BYTES are refused from the header,
-before anything is decoded. Large images are reduced while they are decoded (JPEG DCT scaling with
+before anything is decoded. Only FORMATS are opened (other formats are refused by name before PIL's plugin
+reads them: an ICO decodes in Image.open), and a decoder's own buffer read from the header (a progressive
+JPEG's coefficients, a TIFF's strip) counts towards DECODE_BUDGET (decode_problem). Large images are reduced while they are decoded (JPEG DCT scaling with
 `Image.draft`, then an integer box `reduce`; palette, 1-bit and 16-bit images are converted to 8 bits
 band by band first), so that one image costs at most its decoded size plus a few MB, and the shorter
 side never drops below REDUCED_SIDE (3 x 224 px, where box-reducing before LANCZOS changes nothing visible).
