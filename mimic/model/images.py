@@ -194,8 +194,9 @@ def _jpeg_buffer_bytes(image) -> int:
     """The DCT coefficients libjpeg keeps for the whole picture when the JPEG is progressive or its first
     scan lacks components (several scans): 2 bytes each, 64 per 8 x 8 block of each component, whatever
     the reduced scale of `draft`; 0 for a single-scan baseline JPEG, which is decoded row by row."""
-    if not image.info.get("progressive") and image.layers > 1:
-        if _jpeg_scan_components(image.fp, getattr(image, "offset", 0)) == image.layers:
+    if not image.info.get("progressive"):
+        # one component is always one scan; more are one scan when the first scan holds them all
+        if image.layers <= 1 or _jpeg_scan_components(image.fp, getattr(image, "offset", 0)) == image.layers:
             return 0
     layers = image.layer or [(0, 1, 1, 0)]
     h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)

@@ -70,6 +70,10 @@ def test_jpegs_within_the_budget_are_accepted_and_costed_from_their_sampling(tmp
     full_chroma = hostile.jpeg_resized_header(8000, 8000, "RGB", progressive=True, subsampling=0)
     assert "would take 366 MB" in problem(full_chroma)
     assert problem(hostile.jpeg_resized_header(8000, 8000, "L", progressive=True)) is None  # one component: 61 MB
+    with Image.open(io.BytesIO(hostile.jpeg_resized_header(8000, 8000, "L"))) as gray:
+        assert images_module._jpeg_buffer_bytes(gray) == 0  # baseline, one component: one scan, no buffer
+    with Image.open(io.BytesIO(hostile.jpeg_resized_header(8000, 8000, "L", progressive=True))) as gray:
+        assert images_module._jpeg_buffer_bytes(gray) == 1000 * 1000 * 128
     # a real progressive JPEG is decoded and reduced as before
     path = tmp_path / "real.jpg"
     Image.new("RGB", (1600, 1200), (200, 100, 50)).save(path, progressive=True)
