@@ -3,7 +3,9 @@
 `default` (for users): every image becomes upright RGB before the authors' resize and normalisation:
 grayscale, CMYK, 16-bit, palette and alpha (on white) are converted, EXIF orientation is applied, an
 animation gives its first frame, and images over MAX_PIXELS or MAX_BYTES are refused from the header,
-before anything is decoded. Large images are reduced while they are decoded (JPEG DCT scaling with
+before anything is decoded. Only FORMATS are opened (other formats are refused by name before PIL's plugin
+reads them: an ICO decodes in Image.open), and a decoder's own buffer read from the header (a progressive
+JPEG's coefficients, a TIFF's strip) counts towards DECODE_BUDGET (decode_problem). Large images are reduced while they are decoded (JPEG DCT scaling with
 `Image.draft`, then an integer box `reduce`; palette, 1-bit and 16-bit images are converted to 8 bits
 band by band first), so that one image costs at most its decoded size plus a few MB, and the shorter
 side never drops below REDUCED_SIDE (3 x 224 px, where box-reducing before LANCZOS changes nothing visible).
@@ -40,9 +42,17 @@ IMAGE_MODES = ("default", "authors")
 MAX_PIXELS = 64_000_000  # about 8000 x 8000; a phone photo is 12-50 MP
 MAX_BYTES = 50 * 1024 * 1024
 DECODE_BUDGET = 256 * 2**20  # bytes one image may take while it is decoded
-# Bytes per pixel decoding takes where it is more than PIL's 4 (measured with Pillow 12: these decoders
-# keep their own buffer besides PIL's image). JPEG is decoded at a reduced DCT scale, so it costs little.
-DECODE_BYTES_PER_PIXEL = {"WEBP": 16, "AVIF": 9, "JPEG2000": 19}
+# The formats the default mode opens: those whose decoding cost the header bounds (below). Others are
+# refused by name before PIL's plugin sees the file: some decode in Image.open itself (ICO, CUR and ICNS
+# decode their largest picture, whatever its size: a 0.2 MB ICO costs 160 MB and more), and for the rest
+# (AVIF, JPEG 2000, PSD, EPS, which runs Ghostscript, ...) the memory of a hostile file was not bounded.
+# Image.open's `formats` takes plugin names: "JPEG" opens MPO (a camera's multi-picture JPEG) too.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP or TIFF"
+# Bytes per pixel decoding takes where it is more than PIL's 4 (measured with Pillow 12: the WebP decoder
+# keeps its own buffers besides PIL's image). JPEG is decoded at a reduced DCT scale, so it costs little,
+# unless it is buffered (see _jpeg_buffer_bytes); a TIFF adds its strip or tile buffer (_tiff_buffer_bytes).
+DECODE_BYTES_PER_PIXEL = {"WEBP": 16}
 REDUCED_SIDE = 3 * 224
 BAND_PIXELS = 1_000_000  # pixels converted at a time when a whole-image conversion would be too big
 # Modes Image.reduce averages in place (it premultiplies LA and RGBA into a full-size copy first; palette
@@ -60,6 +70,10 @@ class ImageError(ValueError):
 
 class TooManyPixels(ImageError):
     """PIL refused the header as a decompression bomb: the file is an image, too large to open."""
+
+
+class FormatRefused(ImageError):
+    """An image in a format PIL reads but the default mode does not open (not in FORMATS)."""
 
 
 def check_image_mode(mode: str) -> str:
@@ -106,28 +120,137 @@ def _readable_source(source, max_bytes: int = None):
     return source
 
 
-def _open_header(source, name: str) -> Image.Image:
-    """Image.open (reads the header only), with PIL's errors said plainly."""
+def _prefix(source) -> bytes:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:16]
+    with open(source, "rb") as f:
+        return f.read(16)
+
+
+def _formats_of(prefix: bytes) -> str:
+    """The PIL formats whose signature the file starts with ("CUR or TGA": some share one), or None.
+    Nothing is decoded: only the plugins' signature tests run."""
+    Image.init()
+    names = []
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        try:
+            if accept and accept(prefix):
+                names.append(name)
+        except Exception:  # noqa: BLE001 - a plugin's signature test failing means "not this format"
+            continue
+    return " or ".join(names) or None
+
+
+def _open_header(source, name: str, formats: tuple = None) -> Image.Image:
+    """Image.open (reads the header only) for the `formats` given (None: any), with PIL's errors said
+    plainly; a file of another format PIL knows is refused by that format's name."""
     try:
         with warnings.catch_warnings():
             # Between PIL's warning and its error (89-179 MP) the caller decides; the warning is noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(source)
+            return Image.open(source, formats=formats)
     except Image.DecompressionBombError:
         raise TooManyPixels(f"{name}: the image has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
                          f"(PIL refuses it as a decompression bomb)")
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, GIF, WebP, BMP, TIFF...)")
+        other = _formats_of(_prefix(source)) if formats else None
+        if other:
+            raise FormatRefused(f"{name}: {other} images are not accepted (their decoding cannot be bounded "
+                                f"safely); save the picture as {FORMAT_NAMES}")
+        raise ImageError(f"{name}: not an image PIL can read ({FORMAT_NAMES})")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: the image file is damaged or truncated ({e})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# What decoding costs, read from the header: PIL's image, plus the decoder's own buffer where it has one.
+
+def _jpeg_scan_components(fp, start: int) -> int:
+    """How many components the first scan of the JPEG at `start` holds (walking its marker segments up
+    to the first SOS); None when the walk fails (then the JPEG is taken as buffered)."""
+    position = fp.tell()
+    try:
+        fp.seek(start + 2)  # after SOI
+        for _ in range(10_000):
+            if fp.read(1) != b"\xff":
+                return None
+            marker = fp.read(1)
+            while marker == b"\xff":  # fill bytes
+                marker = fp.read(1)
+            length = fp.read(2)
+            if not marker or len(length) < 2:
+                return None
+            if marker == b"\xda":  # SOS: its first byte is the number of components in the scan
+                count = fp.read(1)
+                return count[0] if count else None
+            fp.seek(int.from_bytes(length, "big") - 2, 1)
+        return None
+    finally:
+        fp.seek(position)
+
+
+def _jpeg_buffer_bytes(image) -> int:
+    """The DCT coefficients libjpeg keeps for the whole picture when the JPEG is progressive or its first
+    scan lacks components (several scans): 2 bytes each, 64 per 8 x 8 block of each component, whatever
+    the reduced scale of `draft`; 0 for a single-scan baseline JPEG, which is decoded row by row."""
+    if not image.info.get("progressive"):
+        # one component is always one scan; more are one scan when the first scan holds them all
+        if image.layers <= 1 or _jpeg_scan_components(image.fp, getattr(image, "offset", 0)) == image.layers:
+            return 0
+    layers = image.layer or [(0, 1, 1, 0)]
+    h_max, v_max = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
+    width, height = image.size
+    return sum(math.ceil(width * h / h_max / 8) * math.ceil(height * v / v_max / 8) * 128
+               for _, h, v, _ in layers)
+
+
+def _tiff_buffer_bytes(image) -> int:
+    """The strip (or tile) PIL's libtiff decoder holds besides PIL's image: a single-strip TIFF holds the
+    whole picture twice (counted at 4 bytes a pixel or more: a YCbCr TIFF is decoded as RGBA)."""
+    tags, (width, height) = image.tag_v2, image.size
+    bits = tags.get(258, (1,))
+    bits = tuple(bits) if isinstance(bits, tuple) else (bits,)
+    if len(bits) == 1:  # one value for every sample, as PIL reads it
+        bits *= max(int(tags.get(277, 1)), 1)
+    per_pixel = max(4, math.ceil(sum(bits) / 8))
+    if 322 in tags and 323 in tags:
+        return int(tags[322]) * int(tags[323]) * per_pixel
+    return width * min(int(tags.get(278, height)), height) * per_pixel
+
+
+def decode_problem(image, name: str) -> str:
+    """Why the default mode refuses to decode `image` (opened, not loaded): too many pixels for its
+    format, or a decoder buffer that would take the image past DECODE_BUDGET; None when it may go on."""
+    width, height = image.size
+    limit = pixel_limit(image.format)
+    if width * height > limit:
+        kind = f" for {image.format} images" if limit < MAX_PIXELS else ""
+        return f"{name}: {width} x {height} pixels is more than the {limit // 1_000_000} megapixels accepted{kind}"
+    if image.format in ("JPEG", "MPO"):
+        cost, what = _jpeg_buffer_bytes(image), "a progressive or multi-scan JPEG"
+        advice = "save it as a baseline JPEG or smaller"
+    elif image.format == "TIFF":
+        try:
+            cost = 4 * width * height + _tiff_buffer_bytes(image)
+        except (TypeError, ValueError) as e:
+            return f"{name}: the TIFF header is damaged ({e})"
+        what = "this TIFF (its strips or tiles)"
+        advice = "save it as PNG, or as a TIFF with smaller strips"
+    else:
+        return None
+    if cost > DECODE_BUDGET:
+        return (f"{name}: decoding {what} of {width} x {height} pixels in {image.mode} would take "
+                f"{cost // 2**20} MB, more than the {DECODE_BUDGET // 2**20} MB an image may take; {advice}")
+    return None
 
 
 def _decode(image: Image.Image, name: str, reduce_to: int = None) -> Image.Image:
     """Decode the first frame (a JPEG at the smallest DCT scale that keeps the shorter side >= reduce_to)."""
     try:
-        if reduce_to and image.format == "JPEG":
+        image.seek(0)  # first frame of an animation (an MPO re-reads its header here: draft after it)
+        if reduce_to and image.format in ("JPEG", "MPO"):
             image.draft(None, (reduce_to, reduce_to))
-        image.seek(0)  # first frame of an animation
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name}: the image file is damaged or truncated ({e})")
@@ -197,13 +320,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _checked_header(source, name: str) -> Image.Image:
-    """The image's header (nothing decoded), or ImageError when the default mode refuses its size."""
-    image = _open_header(_readable_source(source, MAX_BYTES), name)
-    limit = pixel_limit(image.format)
-    if image.width * image.height > limit:
-        kind = f" for {image.format} images" if limit < MAX_PIXELS else ""
-        raise ImageError(f"{name}: {image.width} x {image.height} pixels is more than the "
-                         f"{limit // 1_000_000} megapixels accepted{kind}")
+    """The image's header (nothing decoded), or ImageError when the default mode refuses it: a format whose
+    decoding cannot be bounded, too many pixels, or a decoder buffer past the budget."""
+    image = _open_header(_readable_source(source, MAX_BYTES), name, FORMATS)
+    problem = decode_problem(image, name)
+    if problem:
+        image.close()
+        raise ImageError(problem)
     return image
 
 
@@ -271,10 +394,11 @@ class ImageFacts:
     readable: bool = False
     format: str = None
     mode: str = None
-    pixels: int = None  # None when PIL refused the header as a decompression bomb
+    pixels: int = None  # None when PIL refused the header as a decompression bomb, or the format
     size_bytes: int = 0
     orientation: int = 1
     problem: str = None
+    too_costly: bool = False  # the default mode refuses to decode it (decode_problem)
 
     @property
     def rotated(self) -> bool:
@@ -286,9 +410,8 @@ class ImageFacts:
 
     @property
     def over_cap(self) -> bool:
-        """Refused by the default mode for its size (pixels or bytes)."""
-        return self.readable and (self.pixels is None or self.pixels > pixel_limit(self.format)
-                                  or self.size_bytes > MAX_BYTES)
+        """Refused by the default mode for its size (pixels, bytes, a decoder's buffer) or its format."""
+        return self.readable and (self.pixels is None or self.too_costly or self.size_bytes > MAX_BYTES)
 
     @property
     def default_ok(self) -> bool:
@@ -314,8 +437,9 @@ def inspect_image(path: str, decode: bool = False) -> ImageFacts:
     facts = ImageFacts(exists=True, size_bytes=os.path.getsize(path))
     name = _name(path)
     try:
-        image = _open_header(_readable_source(path), name)
-    except TooManyPixels as e:
+        # Only the default mode's formats: PIL decodes an ICO in Image.open, whatever its size.
+        image = _open_header(_readable_source(path), name, FORMATS)
+    except (TooManyPixels, FormatRefused) as e:
         facts.readable, facts.problem = True, str(e)
         return facts
     except ImageError as e:
@@ -324,8 +448,10 @@ def inspect_image(path: str, decode: bool = False) -> ImageFacts:
     with image:
         facts.readable, facts.format, facts.mode = True, image.format, image.mode
         facts.pixels = image.width * image.height
+        problem = decode_problem(image, name)
+        facts.too_costly, facts.problem = bool(problem), problem
         try:
-            if decode:
+            if decode and not problem:  # an image the default mode refuses is never decoded here
                 _decode(image, name)
             # A PNG may keep its EXIF after the pixels; reading it there would decode the whole image.
             if image.format != "PNG" or "exif" in image.info or decode:

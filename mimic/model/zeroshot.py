@@ -42,8 +42,15 @@ All three are cosines times the same λ, so they are on one scale, and S ranks l
 cosine (counted twice, once through R) and an image cosine: the paper's CLIP baseline, in MIMIC's
 shape. Every layer that the formulas zero keeps a gradient path (noted above), so training starts
 from here.
+
+The draw is the same on every machine's thread count (issue 18): P and R come from a seeded float64 QR,
+the complement of the blank image by a closed form (a Householder reflection), and the QR, the blank
+image's forward pass and the products run on one thread, then round to float32. Weights drawn before
+(float32 QR and SVD on all threads) differed with OMP_NUM_THREADS, and differ from these: a store encoded
+with them under --init zero-shot is refused as "encoded with another checkpoint" and must be re-encoded.
 """
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -51,31 +58,63 @@ from torch import nn
 LOGIT_SCALE = 100.0
 
 
+@contextmanager
+def one_thread():
+    """Run the block on one intra-op thread. LAPACK's QR and SVD (and a forward pass) split their work
+    by the thread count, and the split changes the last bits: drawn on 1 thread, the zero-shot weights
+    are the same whatever OMP_NUM_THREADS is, so a store encoded on one machine loads on another."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def semi_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
-    """A rows x cols matrix with orthonormal rows (rows <= cols) or orthonormal columns."""
-    q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=generator))
+    """A rows x cols float64 matrix with orthonormal rows (rows <= cols) or orthonormal columns. Drawn in
+    float64: the QR of a Gaussian matrix is well conditioned, so another machine's last bits vanish when
+    the result is rounded to float32."""
+    with one_thread():
+        gaussian = torch.randn(max(rows, cols), min(rows, cols), generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(gaussian)
     q = q * torch.sign(torch.diagonal(r))  # a unique, well-spread Q
     return q if rows >= cols else q.T
 
 
+def complement_basis(direction: torch.Tensor) -> torch.Tensor:
+    """D x (D - 1), float64: an orthonormal basis of the complement of `direction`, the last D - 1 columns
+    of the Householder reflection that takes e_1 to ±direction. A closed form, smooth in `direction`
+    (an SVD of I - d dᵀ would return any basis of that 511-fold degenerate space, changed entirely by
+    one bit of the input)."""
+    d = direction.double() / direction.double().norm()
+    e1 = torch.zeros_like(d)
+    e1[0] = 1.0
+    v = d + (1.0 if d[0] >= 0 else -1.0) * e1  # no cancellation: |v| >= 1
+    reflection = torch.eye(len(d), dtype=torch.float64) - 2.0 * torch.outer(v, v) / (v @ v)
+    return reflection[:, 1:]
+
+
 def projection_blind_to(direction: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
-    """rows x D, semi-orthogonal on the complement of `direction`, and zero on `direction` itself."""
-    d = direction / direction.norm()
-    complement, _, _ = torch.linalg.svd(torch.eye(len(d)) - torch.outer(d, d))
-    basis = complement[:, : len(d) - 1]  # orthonormal basis of d's complement
-    return semi_orthogonal(rows, len(d) - 1, generator) @ basis.T
+    """rows x D (float64), semi-orthogonal on the complement of `direction`, and zero on `direction` itself."""
+    basis = complement_basis(direction)
+    with one_thread():
+        return semi_orthogonal(rows, basis.shape[1], generator) @ basis.T
 
 
 @torch.no_grad()
 def blank_image_embedding(model) -> torch.Tensor:
-    """CLIP's image embedding of the all-zero pixels that stand for a missing image (any backbone)."""
+    """CLIP's image embedding of the all-zero pixels that stand for a missing image (any backbone), unit
+    norm, float64; computed on the CPU on one thread, so its bits do not depend on the thread count."""
     device = next(model.encoder.parameters()).device
-    embedding, _ = model.encoder.encode_image(model.processor.images.zeros()[None].to(device))
-    embedding = embedding[0].float().cpu()
+    with one_thread():
+        embedding, _ = model.encoder.encode_image(model.processor.images.zeros()[None].to(device))
+    embedding = embedding[0].double().cpu()
     return embedding / embedding.norm()
 
 
 def _set(linear: nn.Linear, weight: torch.Tensor = None, bias: float = 0.0):
+    # copy_ rounds a float64 weight to the layer's dtype (float32): the last step of the draw
     linear.weight.copy_(torch.zeros_like(linear.weight) if weight is None else weight)
     linear.bias.fill_(bias)
 

@@ -71,7 +71,7 @@ def test_projections_are_near_isometric_and_blind_to_the_missing_image(zero_shot
     m = zero_shot_model
     p = m.encoder.image_cls_fc.weight  # 96 x 64 for the tiny CLIP: orthonormal columns, scaled
     gram = p.T @ p / (p.shape[0])
-    blank = blank_image_embedding(m)
+    blank = blank_image_embedding(m).float()
     # isometric on the complement of the blank-image embedding, zero on it
     complement = torch.eye(64) - torch.outer(blank, blank)
     torch.testing.assert_close(gram, complement, atol=1e-5, rtol=0)
