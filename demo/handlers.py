@@ -154,6 +154,13 @@ class DemoApp:
             return (gr.skip(),) * 6
         with visitor_errors(LINK_FAILED, logged="linking failed", what="a link"):
             result, image, terms, overlay = self._query(sentence, mention, image_path, top_k, request)
+        return self.answer(result, image, terms, overlay, sentence, mention)
+
+    def answer(self, result, image, terms, overlay, sentence, mention):
+        """A linked mention on the page: the ranked list, the chart, the candidate to explain, the session's
+        state, the best-match card, the answer's section shown. `terms`: the mention's, or None (explain
+        encodes it again)."""
+        with visitor_errors(LINK_FAILED, logged="showing a link failed", what="a link"):
             rows = result["results"]
             records = [self._entity(candidate_key(r), overlay) for r in rows]
             card = best_card(result, records, image is not None, SESSION_MARK)

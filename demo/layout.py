@@ -20,6 +20,7 @@ from .inputs import (
     describe_mention,
     input_validator,
 )
+from .link_text import every_mention_view, wire_every_mention
 from .link_text import register as register_link_text
 from .pictures import Picture
 from .sessions import PER_SESSION
@@ -82,11 +83,13 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                     with gr.Column(min_width=140):
                         top_k = _api_example(TopK(label="Top k", minimum=1, maximum=MAX_TOP_K, step=1, value=5), 5)
                         link = gr.Button("Link", variant="primary", elem_id="link", interactive=app.kb.ready)
+                        every = gr.Button("Find every mention", size="sm", elem_id="every-mention")
             with gr.Column(scale=6, min_width=320, elem_id="examples-col"):
                 gallery = gr.Dataset(components=[gr.HTML(visible=False)], samples=[[card(e)] for e in examples],
                                      type="index", layout="gallery", samples_per_page=EXAMPLES_PER_PAGE,
                                      label="Examples: one click links (the picture or the context decides "
                                            "between entities that share a name)", elem_id="examples")
+        mentions_view, mentions_note = every_mention_view()
         with gr.Column(visible=False, elem_id="answer") as answer:
             best = gr.HTML(elem_id="verdict")
             with gr.Row():
@@ -173,7 +176,9 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
         word_unit.change(app.word_relevance, [explanation, word_unit], words, api_visibility="private")
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
                          concurrency_id="model", validator=query_limits)
-        register_link_text(app, sentence, image, top_k, api_out)  # /link_text, API only (docs/mentions.md)
+        register_link_text(app, sentence, image, top_k, api_out)  # /link_text (docs/mentions.md)
+        wire_every_mention(app, every, mentions_view, mentions_note, sentence, mention, image, top_k, link_outputs,
+                           then_explain)
         api_explain_button.click(app.api_explain, [sentence, mention, image, api_entity], api_out, api_name="explain",
                                  concurrency_id="model", validator=input_validator("sentence", "mention", "image",
                                                                                    "entity"))

@@ -165,7 +165,8 @@ def test_the_page_is_wired_for_public_use(tiny_model):
     assert [fn.fn.__name__ for fn in page.fns.values() if any(t[1] == "unload" for t in fn.targets)] == ["end_session"]
     texts = {block._id for block in page.blocks.values() if isinstance(block, gr.Textbox)}
     readers = [fn for fn in page.fns.values() if {block._id for block in fn.inputs} & texts]
-    assert len(readers) == 9 and all(fn.validator is not None for fn in readers)  # an example's link, /link_text
+    # an example's link, /link_text, and "Find every mention" with its span click
+    assert len(readers) == 11 and all(fn.validator is not None for fn in readers)
 
 
 # -- the served app ---------------------------------------------------------------------------------
