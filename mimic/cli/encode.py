@@ -116,6 +116,9 @@ def cmd_encode_kb(args):
                                            "encoded with the zero image", missing, len(entities), folder)
     if distributed:
         import torch
+        if args.accelerator == "gpu" and not torch.cuda.is_available():
+            raise SystemExit("error: --accelerator gpu, but PyTorch sees no GPU here (--accelerator cpu runs on "
+                             "CPU processes)")
         gpu = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
         args.device = "cpu"  # Lightning puts each rank's copy on its own device
     model = load_model(args, config)
