@@ -70,16 +70,18 @@ class ChunkWriter(BasePredictionWriter):
 
     def setup(self, trainer, pl_module, stage):
         job, rank, world = self.job, trainer.global_rank, trainer.world_size
-        state = None
+        state, failure = None, None
         if rank == 0:
             try:
                 state = self._open(pl_module)
-            except StoreError as e:  # said on every rank: none is left waiting for the others
-                state = {"error": str(e)}
+            except Exception as e:  # told to every rank, so that none is left waiting for the others
+                state, failure = {"error": str(e)}, e
         state = trainer.strategy.broadcast(state, src=0)
         if "error" in state:
             self._release()
-            raise StoreError(state["error"])
+            if failure is not None:
+                raise failure
+            raise StoreError(f"rank 0 stopped: {state['error']}")
         seen = os.path.isfile(os.path.join(job["work"], "partial.json")) or state["up_to_date"]
         if not trainer.strategy.reduce_boolean_decision(seen, all=True):
             self._release()
@@ -190,6 +192,7 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*predict returned None.*")  # the step of a rank with nothing
         try:
             yield
         finally:
