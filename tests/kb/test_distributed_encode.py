@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from mimic.data.readers import Dataset, load_config
 from mimic.kb.encode import encode_store
@@ -98,7 +99,7 @@ def test_two_processes_killed_and_resumed_make_the_store_of_one(tmp_path, synth_
         np.testing.assert_allclose([r["score"] for r in a["results"]], [r["score"] for r in b["results"]], atol=1e-5)
 
 
-def test_devices_without_lightning_says_what_to_install(tmp_path):
+def test_devices_refusals_say_what_to_do(tmp_path):
     entities = tmp_path / "e.json"
     entities.write_text('[{"name": "Fox", "description": "a canid", "qid": "Q1"}]')
     code = ("import sys; sys.modules['lightning'] = None; from mimic.cli import main; "
@@ -113,3 +114,9 @@ def test_devices_without_lightning_says_what_to_install(tmp_path):
                            "--out", str(tmp_path / "kb"), "--devices", "2", "--shard", "0/2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert both.returncode != 0 and "give it without --shard or --merge" in both.stderr
+    if not torch.cuda.is_available():
+        gpu = subprocess.run([sys.executable, "-m", "mimic", "encode-kb", "--entities", str(entities), "--init",
+                              "random", "--out", str(tmp_path / "kb"), "--devices", "2", "--accelerator", "gpu"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert gpu.returncode != 0 and "Traceback" not in gpu.stderr
+        assert "--accelerator gpu, but PyTorch sees no GPU here" in gpu.stderr
