@@ -33,7 +33,7 @@ from .versions import DEFAULT_WAIT, FORMAT, VERSION, WORK_FORMAT, StoreError
 log = logging.getLogger(__name__)
 
 
-def _chunk_ranges(count: int, chunk_size: int) -> list:
+def chunk_ranges(count: int, chunk_size: int) -> list:
     return [(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
 
 
@@ -73,13 +73,51 @@ def _open_work(work: str, plan: dict, restart: bool):
                 versions.remove(os.path.join(work, entry))
     if os.path.exists(spec_path):
         existing = _read_plan(work)
-        for key in ("count", "chunk_size", "precision", "fingerprints", "shard", "layout"):
+        if existing.get("layout") != plan["layout"]:
+            how = "on one process" if existing.get("layout") == "segment" else "with --devices or --shard"
+            raise StoreError(f"{work}: an unfinished encoding that ran {how} is here; run it again the same way "
+                             f"to resume it, or pass --restart to discard it")
+        for key in ("count", "chunk_size", "precision", "fingerprints", "shard"):
             if existing.get(key) != plan[key]:
                 raise StoreError(f"{work}: an unfinished encoding of another job is here (its {key} differs: "
                                  f"{existing.get(key)} vs {plan[key]}); pass --restart to discard it")
         return
     make_dirs(os.path.join(work, "done" if plan["layout"] == "segment" else "chunks"))
     write_json(spec_path, plan)
+
+
+def start_work(work: str, model, count: int, fingerprints: dict, *, chunk_size: int, precision: str, layout: str,
+               shard=(0, 1), source: dict = None, restart: bool = False) -> dict:
+    """The plan of this job's work folder, written if the folder is new (or `restart`), else checked
+    against the one there. layout "segment": one process writes the segment itself; "chunks": one file
+    per chunk (shards, and the ranks of a distributed run), merged by `finish`. Call holding
+    `versions.working(work)`."""
+    if precision not in PRECISIONS:
+        raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    plan = {"format": WORK_FORMAT, "version": VERSION, "layout": layout, "count": count, "chunk_size": chunk_size,
+            "precision": precision, "fingerprints": fingerprints, "shard": list(shard),
+            "units": list(model.config.units), "source": source or {}}
+    _open_work(work, plan, restart)
+    return plan
+
+
+def pending_chunks(work: str, plan: dict, chunks: list) -> list:
+    """The chunks of `chunks` that the work folder does not hold finished yet."""
+    return [c for c in chunks if not _chunk_done(work, plan["layout"], c)]
+
+
+def write_chunk(work: str, chunk: int, values: dict, precision: str):
+    """One chunk's float terms, coded, into its own file of a "chunks" work folder (atomically: a chunk
+    file is whole or absent, so any process may die at any moment)."""
+    spec = term_spec(values, precision)
+    if not os.path.exists(os.path.join(work, "terms.json")):
+        write_json(os.path.join(work, "terms.json"), spec)
+    coded = {}
+    for name, v in values.items():
+        for i, array in enumerate(compression.encode(spec[name]["codec"], v, name)):
+            coded[f"{name}#{i}"] = array
+    with atomic_file(_chunk_file(work, chunk), "wb") as f:
+        np.savez(f, **coded)
 
 
 def encode_terms(model, texts: list, images: list, batch_size: int, device=None, autocast=None, step=None) -> dict:
@@ -118,16 +156,12 @@ def _encode_chunks(model, entities: list, image_folder: str, work: str, fingerpr
     """encode_chunks' work. on_progress(done, total) is called after every batch (for a UI).
     terms_of(start, end) -> flat float terms replaces the encoder (benchmarks write synthetic terms
     through the same path)."""
-    if precision not in PRECISIONS:
-        raise StoreError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
     index, total = shard
-    plan = {"format": WORK_FORMAT, "version": VERSION, "layout": "segment" if total == 1 else "chunks",
-            "count": len(entities), "chunk_size": chunk_size, "precision": precision, "fingerprints": fingerprints,
-            "shard": [index, total], "units": list(model.config.units), "source": source or {}}
-    _open_work(work, plan, restart)
-    ranges = _chunk_ranges(len(entities), chunk_size)
+    plan = start_work(work, model, len(entities), fingerprints, chunk_size=chunk_size, precision=precision,
+                      layout="segment" if total == 1 else "chunks", shard=shard, source=source, restart=restart)
+    ranges = chunk_ranges(len(entities), chunk_size)
     mine = [c for c in range(len(ranges)) if c % total == index]
-    todo = [c for c in mine if not _chunk_done(work, plan["layout"], c)]
+    todo = pending_chunks(work, plan, mine)
     done_entities = sum(ranges[c][1] - ranges[c][0] for c in mine if c not in todo)
     bar = tqdm(total=sum(ranges[c][1] - ranges[c][0] for c in mine), initial=done_entities, unit="entity",
                desc="encode KB", disable=not progress, smoothing=0.1)
@@ -160,15 +194,7 @@ def _encode_chunks(model, entities: list, image_folder: str, work: str, fingerpr
             with atomic_file(_done_file(work, chunk)):
                 pass
         else:
-            spec = term_spec(values, precision)
-            if not os.path.exists(os.path.join(work, "terms.json")):
-                write_json(os.path.join(work, "terms.json"), spec)
-            coded = {}
-            for name, v in values.items():
-                for i, array in enumerate(compression.encode(spec[name]["codec"], v, name)):
-                    coded[f"{name}#{i}"] = array
-            with atomic_file(_chunk_file(work, chunk), "wb") as f:
-                np.savez(f, **coded)
+            write_chunk(work, chunk, values, precision)
     if writer is not None:
         writer.close()
     bar.close()
@@ -193,7 +219,7 @@ def finish(works: list, out: str, entities: list, image_folder: str, kb_fingerpr
         raise StoreError(f"{works[0]}: was encoded from another KB file than the one given")
     if count != len(entities):
         raise StoreError(f"the partial encoding has {count} entities but the KB has {len(entities)}")
-    ranges = _chunk_ranges(count, chunk_size)
+    ranges = chunk_ranges(count, chunk_size)
     direct = len(works) == 1 and first["layout"] == "segment"
     sources = {}
     for work, plan in zip(works, plans):
