@@ -3,7 +3,7 @@
 A segment is a folder that never changes after its store version is published:
     segment.json           count, and each term's codec and per-entity shape
     terms/<file>.npy       the coded terms, first axis = row (see mimic/kb/compression.py)
-    entities.jsonl         one JSON object a line: {"id", "qid", "name", "description", "image"}
+    entities.jsonl         one JSON object a line: {"id", "qid", "name", "description", "image", "image_credit"}
     entities.offsets.npy   int64 [count + 1]: where each line starts (records are read on demand)
     ids.hash.npy, ids.row.npy
                            sorted 64-bit hashes of the ids and their rows: an id is found without
@@ -29,7 +29,8 @@ from .versions import StoreError
 SEGMENT_FILE = "segment.json"
 RECORDS, OFFSETS = "entities.jsonl", "entities.offsets.npy"
 ID_HASH, ID_ROW = "ids.hash.npy", "ids.row.npy"
-RECORD_FIELDS = ("id", "qid", "name", "description", "image")
+# "image_credit": the licence, artist and source of the picture (null when unknown); older stores have none
+RECORD_FIELDS = ("id", "qid", "name", "description", "image", "image_credit")
 
 
 def record_id(raw: dict) -> str:
