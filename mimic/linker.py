@@ -3,6 +3,7 @@ import torch
 
 from .explain.relevance import explain_pair
 from .kb.fingerprint import model_fingerprints
+from .kb.hub import resolve_store
 from .kb.search import DEFAULT_CANDIDATES, Searcher
 from .kb.store import LOAD_ATTEMPTS, KBStore, StoreChanged, StoreError
 from .model.encoding import encode_batch
@@ -32,8 +33,9 @@ class Linker:
     def open(cls, kb: str, checkpoint: str = None, encoder: str = None, init: str = None, device=None,
              candidates: int = DEFAULT_CANDIDATES) -> "Linker":
         """A store and the model that encoded it, as the store records it (`mimic link` does the same), or
-        the checkpoint or initialisation given, in the store's image mode."""
-        store = KBStore.load(kb)
+        the checkpoint or initialisation given, in the store's image mode. `kb`: a store folder, or the Hub
+        dataset "owner/name" of one (`kb push-to-hub`)."""
+        store = KBStore.load(resolve_store(kb))
         return cls(load_recorded(store.manifest.get("source") or {}, checkpoint, encoder, init, device), store,
                    candidates)
 
