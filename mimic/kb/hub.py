@@ -21,7 +21,7 @@ import tempfile
 from ..data.hubrepo import HubError, check_repo_id, is_repo_name, public
 from ..fileio import write_json
 from . import versions
-from .segment import Records, line_offsets, write_records
+from .segment import Records, line_offsets, record_id, write_records
 from .store import KBStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,24 @@ def _copy_picture(source: str, stage: str, copied: dict):
     return copied[source]
 
 
-def _staged_records(store: KBStore, folder: str, stage: str, copied: dict, stats: dict):
-    """Every record of one segment (removed rows too: rows keep their numbers), pictures made relative."""
+def _staged_records(store: KBStore, folder: str, stage: str, copied: dict, stats: dict, start: int, removed: set):
+    """Every record of one segment (removed rows too: rows keep their numbers), pictures made relative; the
+    live ones counted in `stats`."""
     path = os.path.join(folder, "entities.jsonl")
     offsets = line_offsets(path)
-    for record in Records(path, offsets):
+    for row, record in enumerate(Records(path, offsets), start):
+        if row in removed:  # removed: only its id is published (the row keeps its number), nothing it said
+            record = {"id": record_id(record), "qid": None, "name": "", "description": "", "image": None}
+
         image = record.get("image")
         if isinstance(image, str) and image:
             source = image if os.path.isabs(image) else os.path.join(store.path, image)
             record["image"] = _copy_picture(source, stage, copied)
         if not record.get("image"):
             record["image"], record["image_credit"] = None, None
+        if row in removed:
+            yield record
+            continue
         credit = record.get("image_credit") if isinstance(record.get("image_credit"), dict) else {}
         stats["licences"][credit.get("licence") or ("unknown" if record["image"] else "no picture")] += 1
         stats["commons"] += bool(credit.get("source"))
@@ -133,15 +140,16 @@ def stage_kb(path: str, folder: str, repo_id: str) -> str:
         raise StoreError(f"{path}: a format-1 store; convert it first with 'python -m mimic kb upgrade --kb {path}'")
     manifest = store.manifest
     stats = {"licences": collections.Counter(), "commons": 0, "qids": 0}
-    copied = {}
+    copied, removed, start = {}, set(store.removed.tolist()), 0
     os.makedirs(folder, exist_ok=True)
     with versions.writing(path):  # no edit collects this version's files while they are copied
         for segment in manifest["segments"]:
             source = os.path.join(path, versions.SEGMENTS, segment["name"])
             target = os.path.join(folder, versions.SEGMENTS, segment["name"])
             shutil.copytree(source, target)
-            records = list(_staged_records(store, source, folder, copied, stats))
+            records = list(_staged_records(store, source, folder, copied, stats, start, removed))
             write_records(target, segment["count"], records)
+            start += segment["count"]
         if manifest.get("removed"):
             target = os.path.join(folder, manifest["removed"]["file"])
             os.makedirs(os.path.dirname(target), exist_ok=True)
