@@ -151,3 +151,21 @@ def test_qid_files_are_checked(tmp_path):
         wikidata.read_qids(str(path))
     with pytest.raises(DataError, match="--lang"):
         wikidata.check_lang("en; rm -rf")
+
+
+def test_a_bz2_dump_can_go_through_an_external_decompressor(tmp_path, monkeypatch):
+    monkeypatch.setattr(wikidata, "PARALLEL_BZ2", ("bzip2",))  # lbzip2's interface; bzip2 is everywhere
+    path = write_dump(tmp_path, ALL, ".json.bz2")
+    raw, stream = wikidata.open_dump(path)
+    assert isinstance(stream, wikidata._Piped)
+    stream.close()
+    raw.close()
+    counts = collections.Counter()
+    records = list(wikidata.read_dump(path, wikidata.Filters(), counts, workers=2, batch=2))
+    assert {r["id"]: (r["name"], r["commons_file"]) for r in records} == EXPECTED
+    assert counts == {"no label": 1, "not an item": 2, "redirect": 1}
+    assert [r["id"] for r in wikidata.read_dump(path, wikidata.Filters(), counts, limit=1, batch=1)] == ["Q12418"]
+    damaged = tmp_path / "damaged.json.bz2"
+    damaged.write_bytes(open(path, "rb").read()[:-40])
+    with pytest.raises(DataError, match="damaged.json.bz2: the dump cannot be read"):
+        list(wikidata.read_dump(str(damaged), wikidata.Filters(), collections.Counter()))
