@@ -147,6 +147,7 @@ def read_plain_entities(path: str, data=None) -> list:
 
 
 CREDIT_FIELDS = ("licence", "licence_url", "artist", "source")
+MAX_CREDIT = 2000  # characters of one credit field (a page shows them; a URL can be long)
 
 
 def read_credit(path: str, position: int, name: str, credit):
@@ -155,7 +156,7 @@ def read_credit(path: str, position: int, name: str, credit):
         return None
     if not isinstance(credit, dict) or not all(v is None or isinstance(v, str) for v in credit.values()):
         raise DataError(f"{path}: entity #{position} ({name!r}): 'image_credit' must be an object of texts or null")
-    return {k: credit.get(k) for k in CREDIT_FIELDS}
+    return {k: credit[k][:MAX_CREDIT] if credit.get(k) else None for k in CREDIT_FIELDS}
 
 
 def read_jsonl(path: str, what: str) -> list:

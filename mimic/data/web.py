@@ -114,8 +114,9 @@ class Web:
             self.sleep(wait)
         raise AssertionError("unreachable")
 
-    def json(self, url: str, params: dict = None, form: dict = None, accept: str = None, hosts=None):
-        body = self.request(url, params, form, accept=accept, hosts=hosts)
+    def json(self, url: str, params: dict = None, form: dict = None, accept: str = None, hosts=None,
+             max_bytes: int = MAX_ANSWER):
+        body = self.request(url, params, form, max_bytes, hosts=hosts, accept=accept)
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):

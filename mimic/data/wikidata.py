@@ -34,6 +34,7 @@ SPARQL = "https://query.wikidata.org/sparql"
 ENTITY_URIS = ("http://www.wikidata.org/entity/", "https://www.wikidata.org/entity/")
 QID = re.compile(r"Q[1-9][0-9]{0,14}")
 BATCH = 50  # ids per wbgetentities request: the API's limit for clients without the bot right
+MAX_SPARQL = 256 * 2**20  # bytes of a query's answer: about 1.5M items (a bigger KB: use the dump)
 MAX_LINE = 64 * 2**20  # bytes of one dump line; the largest real items are a few MB
 RANKS = {"preferred": 0, "normal": 1}  # deprecated statements never count
 _HEAD = re.compile(rb'"id"\s*:\s*"(Q[0-9]+)"')  # a dump line names its id near its start: a cheap pre-filter
@@ -286,7 +287,8 @@ def qid_of(text: str):
 
 def sparql_qids(web, query: str, endpoint: str = SPARQL) -> list:
     """The items (entity URIs) of a SPARQL query's first column, in order, without repeats."""
-    answer = web.json(endpoint, form={"query": query, "format": "json"}, accept="application/sparql-results+json")
+    answer = web.json(endpoint, form={"query": query, "format": "json"}, accept="application/sparql-results+json",
+                      max_bytes=MAX_SPARQL)
     try:
         column = answer["head"]["vars"][0]
         bindings = answer["results"]["bindings"]

@@ -3,7 +3,9 @@ records, through kb add/update/compact, into link results; stores written before
 import json
 import os
 
-from mimic.data.readers import read_entity_file
+import pytest
+
+from mimic.data.readers import DataError, read_entity_file
 from mimic.kb.edit import compact_store, edit_store, read_changes
 from mimic.kb.encode import encode_store
 from mimic.kb.store import KBStore
@@ -57,3 +59,17 @@ def test_stores_without_credits_give_null():
     rows = linker.link("Hopper painted Nighthawks.", "Hopper", top_k=3)["results"]
     assert len(rows) == 3 and all("image_credit" in r and r["image_credit"] is None for r in rows)
     assert os.path.isdir(STORE)
+
+
+def test_credits_in_an_entity_file_are_checked_and_bounded(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps({"id": "Q1", "name": "A", "image": "a.png",
+                                "image_credit": {"artist": "x" * 100_000, "licence": ""}}) + "\n")
+    (credit,) = [e.credit for e in read_entity_file(str(path))]
+    assert credit == {"licence": None, "licence_url": None, "artist": "x" * 2000, "source": None}
+    path.write_text(json.dumps({"id": "Q1", "name": "A", "image_credit": {"artist": ["<script>"]}}) + "\n")
+    with pytest.raises(DataError, match="'image_credit' must be an object of texts or null"):
+        read_entity_file(str(path))
+    path.write_text('{"id": "Q1", "name": "A"}\n{not json\n')
+    with pytest.raises(DataError, match="e.jsonl: line 2 is not valid JSON"):
+        read_entity_file(str(path))
