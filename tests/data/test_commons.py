@@ -119,3 +119,22 @@ def test_cli_updates_the_entity_file_atomically(wiki, tmp_path, capsys):
     assert [bool(e.get("image")) for e in lines] == [True, True, False]
     assert "2 of 3 entities with a picture" in capsys.readouterr().out
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_from_wikidata_to_credited_link_results(wiki, tiny_clip, tmp_path, capsys):
+    """The documented pipeline, offline: from-wikidata, fetch-images, encode-kb, link --json."""
+    from tests.data.fakewiki import ITEMS, dump_text
+    (tmp_path / "dump.json").write_text(dump_text(ITEMS))
+    entities, images, store = str(tmp_path / "e.jsonl"), str(tmp_path / "img"), str(tmp_path / "kb")
+    assert main(["kb", "from-wikidata", "--dump", str(tmp_path / "dump.json"), "--require-image", "--out", entities,
+                 "--no-progress"]) == 0
+    assert main(["kb", "fetch-images", "--entities", entities, "--images", images, "--no-progress",
+                 "--commons-api", f"{wiki.url}/commons/api.php"]) == 0
+    assert main(["encode-kb", "--entities", entities, "--images", images, "--init", "zero-shot", "--encoder", tiny_clip,
+                 "--out", store, "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["link", "--kb", store, "--sentence", "The Mona Lisa smiles.", "--mention", "Mona Lisa", "--json",
+                 "--device", "cpu", "--top-k", "3"]) == 0
+    rows = {r["id"]: r["image_credit"] for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["Q12418"]["artist"] == "Ann Painter" and rows["Q45585"]["artist"] == "Théodore & Géricault"
+    assert set(rows) == {"Q12418", "Q45585", "Q4"}
