@@ -228,9 +228,15 @@ def read_dump(path: str, filters: Filters, counts: collections.Counter, workers:
               progress=None, batch: int = 1000, max_line: int = MAX_LINE, parallel: bool = True):
     """The records of a dump, in dump order (up to `limit`); skips go into `counts`. `progress(position)`
     is told how far into the (compressed) file reading has come."""
-    raw, stream = open_dump(path, parallel)
-    kept = 0
+    # the workers are forked first: forked later, they would hold the decompressor's input pipe open
     pool = multiprocessing.get_context("fork").Pool(workers, _set_filters, (filters,)) if workers > 1 else None
+    try:
+        raw, stream = open_dump(path, parallel)
+    except BaseException:
+        if pool:
+            pool.terminate()
+        raise
+    kept = 0
     try:
         batches = _batches(dump_lines(stream, counts, max_line), batch)
         parsed = (pool.imap(parse_lines, batches) if pool else (parse_lines(b, filters) for b in batches))
