@@ -95,7 +95,7 @@ def entity_record(entity, filters: Filters) -> tuple:
 
 # -- the dump ---------------------------------------------------------------------------------------
 
-# Python's bz2 decompresses on one core at about 25 MB/s (a full dump: a day); these tools use every core
+# Python's bz2 decompresses on one core (about 50 MB/s of JSON here: 9 hours for a full dump); these use every core
 PARALLEL_BZ2 = ("lbzip2", "pbzip2")
 
 
