@@ -1,7 +1,8 @@
 """Entry point of the demo (Hugging Face Spaces runs this): python app.py
 
 Honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; MIMIC_CHECKPOINT, MIMIC_ENCODER and MIMIC_CACHE
-choose the weights, the CLIP and the cache folder (see README).
+choose the weights, the CLIP and the cache folder (see README); MIMIC_KB (a store, an entity file with
+MIMIC_KB_IMAGES, or a Hub dataset owner/name) the KB the page serves (docs/wikidata.md).
 """
 import logging
 import os

@@ -9,7 +9,7 @@ import sys
 USER_ERRORS = (("mimic.data.readers", "DataError"), ("mimic.train.checkpoint", "CheckpointError"),
                ("mimic.model.encoder", "EncoderUnavailable"), ("mimic.fileio", "OutputError"),
                ("mimic.model.images", "ImageError"), ("mimic.query", "QueryError"),
-               ("mimic.kb.versions", "StoreError"), ("mimic.train.hub", "HubError"))
+               ("mimic.kb.versions", "StoreError"), ("mimic.data.hubrepo", "HubError"))
 
 
 def is_user_error(error: BaseException) -> bool:

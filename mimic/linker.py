@@ -6,6 +6,7 @@ import torch
 
 from .explain.relevance import explain_pair
 from .kb.fingerprint import model_fingerprints
+from .kb.hub import resolve_store
 from .kb.mentions import (
     MAX_CANDIDATES,
     MAX_SPANS,
@@ -56,8 +57,9 @@ class Linker:
     def open(cls, kb: str, checkpoint: str = None, encoder: str = None, init: str = None, device=None,
              candidates: int = DEFAULT_CANDIDATES) -> "Linker":
         """A store and the model that encoded it, as the store records it (`mimic link` does the same), or
-        the checkpoint or initialisation given, in the store's image mode."""
-        store = KBStore.load(kb)
+        the checkpoint or initialisation given, in the store's image mode. `kb`: a store folder, or the Hub
+        dataset "owner/name" of one (`kb push-to-hub`)."""
+        store = KBStore.load(resolve_store(kb))
         return cls(load_recorded(store.manifest.get("source") or {}, checkpoint, encoder, init, device), store,
                    candidates)
 
@@ -96,7 +98,7 @@ class Linker:
 
     @torch.no_grad()
     def link_terms(self, mention: dict, top_k: int = 10, exact: bool = False, extra=None) -> dict:
-        """-> {"nil": bool, "results": [{"rank", "index", "id", "qid", "name", "score", "s_t", ...}]}
+        """-> {"nil": bool, "results": [{"rank", "index", "id", "qid", "name", "score", "image_credit", "s_t", ...}]}
         `id` is the entity's stable id (what `kb update/remove` take); `index` its position in this version.
         `extra`: an `Overlay` of entities kept beside the store, ranked together with it."""
         store, searcher = self._kb
@@ -106,7 +108,7 @@ class Linker:
         for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
             meta = store.entities[i]
             row = {"rank": rank, "index": i, "id": meta.get("id"), "qid": meta.get("qid"), "name": meta.get("name"),
-                   "score": s}
+                   "score": s, "image_credit": meta.get("image_credit")}  # the picture's licence, to be shown
             row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
             rows.append(row)
         if extra:  # the store's top k and every overlay entity, by score (a tie keeps the KB's first)

@@ -68,8 +68,13 @@ def _refuse_taken(out: str, files, overwrite: bool):
 
 
 def cmd_explain(args):
+    from ..data.hubrepo import is_repo_name
     from ..query import Query, check_query
+
     # what can be refused at once, before the model (and PyTorch) loads
+    if is_repo_name(args.kb):  # a Hub dataset owner/name: its local snapshot
+        from ..kb.hub import resolve_store
+        args.kb = resolve_store(args.kb)
     check_store(args.kb)
     sentence, mention = check_query(args.sentence, args.mention)
     if os.path.exists(args.out) and not os.path.isdir(args.out):

@@ -1,6 +1,7 @@
 """`kb add | update | remove | compact | upgrade`: edit a store in place."""
 import os
 
+from . import wikidata
 from .common import Formatter, check_store, model_options, store_model, wait_option
 
 
@@ -19,12 +20,14 @@ def add_kb(sub):
                               "  python -m mimic kb update --kb kb/mine --entities changed.json --images photos/\n"
                               "  python -m mimic kb remove --kb kb/mine --ids Q42 Q1\n"
                               "  python -m mimic kb compact --kb kb/mine\n"
+                              "  python -m mimic kb from-wikidata --sparql paintings.rq --out paintings.jsonl\n"
                               'add: a JSON list of {"id" (or "qid"), "name", "description", "image"}\n'
                               'update: a JSON list of {"id", and the fields to change: "name", "description", '
                               '"image" (null removes it)}\n'
                               "ids: the QID, else the index the entity had when the KB was first encoded; 'link' "
                               "shows it as \"id\"")
-    kb_sub = p.add_subparsers(dest="kb_command", metavar="<add|update|remove|compact|upgrade>", required=True)
+    kb_sub = p.add_subparsers(dest="kb_command", required=True,
+                              metavar="<add|update|remove|compact|upgrade|from-wikidata|fetch-images|push-to-hub>")
     for name, text, what in (
             ("add", "add new entities (their ids must be new)",
              'a JSON list of {"id" (or "qid"), "name", "description", "image"}'),
@@ -54,9 +57,12 @@ def add_kb(sub):
                            help="how the converted store keeps its terms")
         wait_option(q)
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    wikidata.add_commands(kb_sub)  # building a KB from Wikidata and Commons, publishing one
 
 
 def cmd_kb(args):
+    if args.kb_command in wikidata.COMMANDS:
+        return wikidata.cmd(args)
     check_store(args.kb)  # at once, before the model (and PyTorch) loads
     from ..data.readers import read_entity_file
     from ..kb.edit import compact_store, edit_store, read_changes, upgrade_store

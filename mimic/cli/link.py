@@ -32,7 +32,8 @@ def add_link(sub):
                               "--image of a missing or unreadable file is an error; in a queries file, a line whose "
                               'image is missing is linked without it, marked "image_missing": true, and counted '
                               "in the log")
-    p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb")
+    p.add_argument("--kb", required=True, metavar="DIR", help="a store made by encode-kb, or a Hub dataset owner/name "
+                                                              "of one (kb push-to-hub)")
     model_options(p)
     p.add_argument("--sentence", help="the sentence the mention stands in")
     p.add_argument("--mention", help="the words of the sentence that name the entity; without it, every mention "
@@ -134,6 +135,10 @@ def cmd_link(args):
     if args.queries and not args.out:
         raise SystemExit("error: --queries needs --out O.jsonl")
     # what can be refused at once, before the model (and PyTorch) loads
+    from ..data.hubrepo import is_repo_name
+    if is_repo_name(args.kb):  # a Hub dataset owner/name: its local snapshot (PyTorch stays unloaded otherwise)
+        from ..kb.hub import resolve_store
+        args.kb = resolve_store(args.kb)
     check_store(args.kb)
     if every:
         check_text(args.sentence)

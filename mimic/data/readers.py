@@ -34,6 +34,8 @@ class Entity:
     attr: str
     images: list = field(default_factory=list)  # file names inside the KB image folder
     qid: str = None
+    credit: dict = None  # the picture's {"licence", "licence_url", "artist", "source"} (mimic/data/commons.py)
+    aliases: list = None  # other names text uses for it (e.g. Wikidata's aliases): mention detection finds them
 
 
 @dataclass
@@ -141,13 +143,60 @@ def read_plain_entities(path: str, data=None) -> list:
                 raise DataError(f"{path}: entities #{seen[qid]} and #{position} share the qid {qid!r}")
             seen[qid] = position
         entities.append(Entity(index=position, name=name, attr=description, images=[image] if image else [],
-                               qid=qid))
+                               qid=qid, credit=read_credit(path, position, name, entry.get("image_credit")),
+                               aliases=read_aliases(path, position, name, entry.get("aliases"))))
     return entities
 
 
+CREDIT_FIELDS = ("licence", "licence_url", "artist", "source")
+MAX_ALIASES, MAX_ALIAS_CHARS = 100, 200  # an entity's other names: enough for Wikidata's, bounded for the index
+MAX_CREDIT = 2000  # characters of one credit field (a page shows them; a URL can be long)
+
+
+def read_aliases(path: str, position: int, name: str, aliases):
+    """An entity's "aliases": null, or a list of names (texts); blanks and repeats dropped, the first
+    MAX_ALIASES kept, each at most MAX_ALIAS_CHARS."""
+    if aliases is None:
+        return None
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise DataError(f"{path}: entity #{position} ({name!r}): 'aliases' must be a list of names or null")
+    kept = list(dict.fromkeys(a.strip()[:MAX_ALIAS_CHARS] for a in aliases if a.strip()))[:MAX_ALIASES]
+    return kept or None
+
+
+def read_credit(path: str, position: int, name: str, credit):
+    """An entity's "image_credit": null, or an object of text fields (CREDIT_FIELDS; others are dropped)."""
+    if credit is None:
+        return None
+    if not isinstance(credit, dict) or not all(v is None or isinstance(v, str) for v in credit.values()):
+        raise DataError(f"{path}: entity #{position} ({name!r}): 'image_credit' must be an object of texts or null")
+    return {k: credit[k][:MAX_CREDIT] if credit.get(k) else None for k in CREDIT_FIELDS}
+
+
+def read_jsonl(path: str, what: str) -> list:
+    """A JSON Lines file (one value a line, blank lines skipped) -> the list of its values."""
+    items = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        items.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})")
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found")
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected the {what} file")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})")
+    return items
+
+
 def read_entity_file(path: str, qid2id_path: str = None) -> list:
-    """Entities from the authors' kb_entity.json (with an optional qid2id.json) or a plain list."""
-    data = read_json(path, "entity")
+    """Entities from the authors' kb_entity.json (with an optional qid2id.json), a plain list, or a plain
+    entity a line (.jsonl, what `kb from-wikidata` writes)."""
+    data = read_jsonl(path, "entity") if path.endswith(".jsonl") else read_json(path, "entity")
     if isinstance(data, list) and data and isinstance(data[0], dict) and "entity_name" in data[0]:
         return read_kb(path, read_qid2id(qid2id_path) if qid2id_path else None, data)
     return read_plain_entities(path, data)

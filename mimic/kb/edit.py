@@ -27,7 +27,7 @@ import shutil
 
 import numpy as np
 
-from ..data.readers import read_json
+from ..data.readers import read_credit, read_json
 from ..fileio import atomic_file, make_dirs
 from ..model.processing import entity_text
 from . import retrieval, versions
@@ -71,6 +71,8 @@ def read_changes(path: str) -> list:
                 if key == "name" and not value.strip():
                     raise StoreError(f"{path}: update #{position} (id {ident!r}): 'name' cannot be empty")
                 change[key] = value
+        if "image_credit" in entry:  # a new picture's credit (a kept picture keeps its own unless given)
+            change["image_credit"] = read_credit(path, position, ident, entry["image_credit"])
         if len(change) == 1:
             raise StoreError(f"{path}: update #{position} (id {ident!r}) gives none of {', '.join(UPDATABLE)}")
         changes.append(change)
@@ -80,13 +82,15 @@ def read_changes(path: str) -> list:
 class _Entity:
     """What gets encoded: the text and image of an added or updated entity, and its record."""
 
-    def __init__(self, ident, qid, name, description, image_source, image_record):
+    def __init__(self, ident, qid, name, description, image_source, image_record, credit=None, aliases=None):
         self.id, self.qid, self.name, self.description = ident, qid, name, description
-        self.image_source, self.image_record = image_source, image_record
+        self.image_source, self.image_record, self.credit = image_source, image_record, credit
+        self.aliases = aliases
 
     def record(self) -> dict:
         return {"id": self.id, "qid": self.qid, "name": self.name, "description": self.description,
-                "image": self.image_record}
+                "image": self.image_record, "image_credit": self.credit if self.image_record else None,
+                "aliases": self.aliases}
 
 
 # the names `_copy_image` gives: what compaction may remove from images/ (nothing else is the store's)
@@ -111,7 +115,7 @@ def _copy_image(who: str, name: str, image_folder: str, store: str) -> tuple:
 def _added(entity, image_folder: str, store_path: str) -> _Entity:
     image = entity.images[0] if entity.images else None
     stored, source = _copy_image(label(entity), image, image_folder, store_path) if image else (None, None)
-    return _Entity(entity.qid, entity.qid, entity.name, entity.attr, source, stored)
+    return _Entity(entity.qid, entity.qid, entity.name, entity.attr, source, stored, entity.credit, entity.aliases)
 
 
 def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> _Entity:
@@ -120,14 +124,16 @@ def _updated(store: KBStore, position: int, change: dict, image_folder: str) -> 
     description = change.get("description", old["description"]) or ""
     if "image" not in change:  # kept: its file must still be readable, or the entity would lose it silently
         source, stored = old["image"], raw.get("image")
+        credit = change.get("image_credit", raw.get("image_credit"))
         if source and not os.path.isfile(source):
             raise StoreError(f"entity {change['id']!r}: its image {os.path.basename(source)} is no longer readable; "
                              f"give \"image\" again, or null to remove it")
     elif change["image"] is None:
-        source = stored = None
+        source = stored = credit = None
     else:
         stored, source = _copy_image(repr(change["id"]), change["image"], image_folder, store.path)
-    return _Entity(change["id"], old["qid"], name, description, source, stored)
+        credit = change.get("image_credit")  # a new picture: the old one's credit does not apply
+    return _Entity(change["id"], old["qid"], name, description, source, stored, credit, raw.get("aliases"))
 
 
 def _encode(model, entities: list, batch_size: int, device=None) -> dict:
@@ -298,7 +304,8 @@ def _kept_records(store: KBStore, named: set):
             image = os.path.relpath(os.path.realpath(image), root)
             named.add(os.path.basename(image))
         yield {"id": record_id(raw), "qid": raw.get("qid"), "name": raw.get("name"),
-               "description": raw.get("description"), "image": image}
+               "description": raw.get("description"), "image": image, "image_credit": raw.get("image_credit"),
+               "aliases": raw.get("aliases")}
 
 
 def _remove_unnamed_images(path: str, named: set):

@@ -104,7 +104,7 @@ class Overlay:
         rows = []
         for j, record in enumerate(self.records):
             row = {"rank": None, "index": None, "id": record["id"], "qid": None, "name": record["name"],
-                   "score": scores.s[0, j].item(), "session": True}
+                   "score": scores.s[0, j].item(), "image_credit": None, "session": True}
             row.update({f: getattr(scores, f)[0, j].item() for f in SCORE_FIELDS})
             rows.append(row)
         return rows

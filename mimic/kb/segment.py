@@ -3,7 +3,8 @@
 A segment is a folder that never changes after its store version is published:
     segment.json           count, and each term's codec and per-entity shape
     terms/<file>.npy       the coded terms, first axis = row (see mimic/kb/compression.py)
-    entities.jsonl         one JSON object a line: {"id", "qid", "name", "description", "image", "aliases"}
+    entities.jsonl         one JSON object a line: {"id", "qid", "name", "description", "image", "aliases",
+                           "image_credit"}
     entities.offsets.npy   int64 [count + 1]: where each line starts (records are read on demand)
     ids.hash.npy, ids.row.npy
                            sorted 64-bit hashes of the ids and their rows: an id is found without
@@ -29,7 +30,9 @@ from .versions import StoreError
 SEGMENT_FILE = "segment.json"
 RECORDS, OFFSETS = "entities.jsonl", "entities.offsets.npy"
 ID_HASH, ID_ROW = "ids.hash.npy", "ids.row.npy"
-RECORD_FIELDS = ("id", "qid", "name", "description", "image", "aliases")  # aliases: names text also uses
+# "aliases": other names text uses (mention detection); "image_credit": the licence, artist and source of
+# the picture (null when unknown); older stores have neither
+RECORD_FIELDS = ("id", "qid", "name", "description", "image", "aliases", "image_credit")
 
 
 def record_id(raw: dict) -> str:

@@ -221,7 +221,8 @@ class KBStore:
         if isinstance(image, str) and image and not os.path.isabs(image):
             image = os.path.join(os.path.abspath(self.path), image)  # copied into the store: relative to it
         return {"index": int(index), "id": record_id(raw),
-                "qid": raw.get("qid"), "name": raw.get("name"), "description": raw.get("description"), "image": image}
+                "qid": raw.get("qid"), "name": raw.get("name"), "description": raw.get("description"), "image": image,
+                "image_credit": raw.get("image_credit"), "aliases": raw.get("aliases")}
 
     def find(self, ident: str):
         """The live position of the entity with this id, or None."""
@@ -284,7 +285,8 @@ def entity_id(entity) -> str:
 def entity_record(entity, image_folder: str) -> dict:
     image = entity_image_path(entity, image_folder)
     return {"id": entity_id(entity), "qid": entity.qid, "name": entity.name, "description": entity.attr,
-            "image": os.path.realpath(image) if image else None}
+            "image": os.path.realpath(image) if image else None, "image_credit": entity.credit if image else None,
+            "aliases": entity.aliases}
 
 
 def term_spec(values: dict, precision: str) -> dict:

@@ -24,6 +24,7 @@ import tempfile
 
 import yaml
 
+from ..data.hubrepo import HubError, check_repo_id, public
 from ..fileio import write_json
 from .checkpoint import CONFIG, CheckpointError, load_checkpoint, save_model
 
@@ -45,22 +46,6 @@ CITATION = """\
   eprint    = {2307.09721},
   archivePrefix = {arXiv}
 }"""
-
-
-class HubError(ValueError):
-    """A Hub name or upload that cannot work, with the reason."""
-
-
-def check_repo_id(repo_id: str) -> str:
-    """"owner/name" as the Hub accepts it, or HubError saying what is wrong."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise HubError(f"{repo_id!r}: a Hub model repo is named owner/name")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise HubError(f"{repo_id!r} is not a valid Hub repo name: {str(e).splitlines()[0]}")
-    return repo_id
 
 
 def resolve_checkpoint(spec: str) -> str:
@@ -202,15 +187,7 @@ def _describe_backbone(model, base_model: str) -> str:
             f"weights are in this checkpoint")  # in a code span: a folder's name is never rendered as Markdown
 
 
-def _public(value):
-    """A recorded value with local paths cut to their last part (a card and a config.json are published)."""
-    if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_public(v) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        return os.path.basename(value.rstrip("/"))
-    return value
+_public = public  # a card and a config.json are published: local paths cut to their last part
 
 
 def model_card(model, repo_id: str, run: str = None) -> str:

@@ -1,16 +1,14 @@
 """Every mention of a text (mimic/kb/mentions.py, Linker.link_text): detection with exact offsets in the
 original text, link_text rows equal to link's, session entities found, the span cap, hostile texts."""
-import dataclasses
 import time
 
 import pytest
 
 from mimic.data.readers import Entity
-from mimic.kb import encode as encode_module
 from mimic.kb.encode import encode_store
 from mimic.kb.mentions import MAX_SPANS, MentionIndex, context_window, find_spans, name_forms, normalise
 from mimic.kb.overlay import Overlay
-from mimic.kb.store import KBStore, entity_record
+from mimic.kb.store import KBStore
 from mimic.linker import Linker, QueryError
 from mimic.model.mimic import MIMIC, MIMICConfig
 
@@ -97,21 +95,10 @@ def test_detection_is_capped_and_fast_on_hostile_texts():
 
 # -- the linker ----------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class AliasEntity(Entity):
-    aliases: list = None
-
-
 def _names_store(model, out: str) -> KBStore:
-    """A store of NAMES, their aliases kept in its records."""
-    entities = [AliasEntity(i, name, f"entity {i}", qid=f"Q{i + 1}", aliases=aliases)
-                for i, (name, aliases) in enumerate(NAMES)]
-    patch = pytest.MonkeyPatch()
-    patch.setattr(encode_module, "entity_record", lambda e, folder: {**entity_record(e, folder), "aliases": e.aliases})
-    try:
-        encode_store(model, entities, ".", out, "kb", batch_size=8, progress=False)
-    finally:
-        patch.undo()
+    """A store of NAMES, their aliases kept in its records (Entity.aliases, as an entity file gives them)."""
+    entities = [Entity(i, name, f"entity {i}", qid=f"Q{i + 1}", aliases=aliases) for i, (name, aliases) in enumerate(NAMES)]
+    encode_store(model, entities, ".", out, "kb", batch_size=8, progress=False)
     return KBStore.load(out)
 
 

@@ -67,7 +67,8 @@ def test_store_layout_and_contents(reference_store, synth_dataset, tiny_model):
     first = store.entities[0]
     assert first == {"index": 0, "id": "Q1000", "qid": "Q1000", "name": "The Falcon",
                      "description": synth_dataset.entities[0].attr,
-                     "image": os.path.realpath(os.path.join(synth_dataset.kb_images, "Q1000.jpg"))}
+                     "image": os.path.realpath(os.path.join(synth_dataset.kb_images, "Q1000.jpg")),
+                     "image_credit": None, "aliases": None}  # the synthetic KB: no credits, no aliases
     assert store.entities[-1]["index"] == 47 and [e["id"] for e in store.entities[46:]] == ["Q1046", "Q1047"]
     searcher = Searcher(tiny_model.matcher, store)
     terms = searcher.entity_terms(torch.tensor([3, 0]))
