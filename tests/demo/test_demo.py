@@ -179,7 +179,7 @@ def test_link_api_returns_ranked_entities_with_every_unit_score(app_server):
     rows = result["results"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
     assert set(rows[0]) == {"rank", "index", "id", "qid", "name", "score", "s_t", "s_t_g2g", "s_t_g2l", "s_v",
-                            "s_v_e2m", "s_v_m2e", "s_c"}
+                            "s_v_e2m", "s_v_m2e", "s_c", "image_credit"}
     for r in rows:
         assert r["score"] == pytest.approx((r["s_t"] + r["s_v"] + r["s_c"]) / 3, abs=1e-4)
         assert r["s_t"] == pytest.approx((r["s_t_g2g"] + r["s_t_g2l"]) / 2, abs=1e-4)
