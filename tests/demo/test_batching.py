@@ -99,3 +99,17 @@ def test_each_session_keeps_its_own_entities_in_a_batch(app):
         added = [r for r in got["results"] if r.get("session")]
         assert [r["name"] for r in added] == ([fish[0]] if session == "mine" else [])
         same_ranking(got, app.kb.linker.link(*query[:3], 20, extra=app.sessions.overlay(session)))
+
+
+@pytest.mark.parametrize("flag, group, limit", [("1", "link", 16), ("0", "model", None)])
+def test_mimic_batch_0_links_one_by_one_in_the_model_group(tiny_model, monkeypatch, flag, group, limit):
+    from demo.layout import build_app
+    from tests.demo.test_demo_page import IdleKB
+    monkeypatch.setenv("MIMIC_BATCH", flag)
+    loaded = LoadedModel(tiny_model, "zero-shot", zero_shot=True)
+    app = DemoApp(loaded, IdleKB(loaded))
+    assert (app.batcher is not None) == (flag == "1")
+    fns = {fn.api_name: fn for fn in build_app(app).fns.values()}
+    assert fns["link"].concurrency_id == group and fns["explain"].concurrency_id == "model"
+    if limit:
+        assert fns["link"].concurrency_limit == limit
