@@ -12,7 +12,7 @@ import queue
 import threading
 from concurrent.futures import Future
 
-from mimic.model.matcher import select
+from mimic.model.matcher import map_terms
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 8
@@ -51,7 +51,7 @@ class LinkBatcher:
                     break
             try:
                 self._run(batch)
-            except BaseException as e:  # never dies: whoever still waits hears of it
+            except Exception as e:  # never dies: whoever still waits hears of it
                 log.exception("a batch of links failed")
                 for *_, future in batch:
                     if not future.done():
@@ -74,8 +74,9 @@ class LinkBatcher:
                     self._link([item])
             return
         for i, (linker, _, top_k, overlay, future) in enumerate(items):
-            own = select(terms, slice(i, i + 1))
+            # its own copy: a view would keep the whole batch alive in the session's state (explain reuses it)
+            own = map_terms(lambda t: t[i:i + 1].clone(), terms)
             try:
                 future.set_result((linker.link_terms(own, top_k, extra=overlay), own))
-            except Exception as e:  # this query's error (e.g. Top k beyond the KB): its caller's alone
+            except Exception as e:  # this query's error (e.g. Top k 0): its caller's alone
                 future.set_exception(e)

@@ -87,6 +87,17 @@ def test_an_error_inside_a_batch_reaches_its_own_caller_only(app):
     same_ranking(app.batcher.link(linker, good[0], 5)[0], linker.link(good[0].sentence, good[0].mention, None, 5))
 
 
+def test_a_query_s_terms_are_its_own_copy_not_a_view_of_the_batch(app):
+    from mimic.model.matcher import map_terms
+    linker = app.kb.linker
+    calls = [lambda name=name: app.batcher.link(linker, Query(f"{name} here.", name, None), 5)[1] for name in NAMES]
+    answers, passes = all_at_once(app, calls)
+    assert passes < len(calls)
+    # kept in the session's state for explain: holding the whole batch would multiply its memory
+    map_terms(lambda t: t.shape[0] == 1 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+              or pytest.fail("a view of the batch"), answers[0])
+
+
 def test_each_session_keeps_its_own_entities_in_a_batch(app):
     fish = ("Zyzzyva Quokkafish", "a rare fish of the deep sea")
     app.add_entity(*fish, request=SimpleNamespace(session_hash="mine"))
