@@ -24,10 +24,10 @@ from mimic.fileio import write_json  # noqa: E402
 IMAGE = os.path.join(ROOT, "assets", "demo_kb", "mention_image", "hopper_face_crop.jpg")
 
 
-def start(cache: str, port: int, timeout: float = 600):
+def start(cache: str, port: int, timeout: float = 600, extra_env: dict = None):
     from gradio_client import Client
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "MIMIC_CACHE": cache,
-           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2", **(extra_env or {})}
     t0 = time.time()
     process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

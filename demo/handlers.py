@@ -3,6 +3,7 @@ see is said plainly (never a traceback), and nothing a visitor does reaches anot
 import contextlib
 import logging
 import re
+import threading
 
 import gradio as gr
 
@@ -13,6 +14,7 @@ from mimic.model.processing import mention_text
 
 from . import heatmap, plots
 from .answer import best_card, ranked_list
+from .batching import LinkBatcher, batching_on
 from .inputs import check_inputs, uploaded_image
 from .kb import NO_IMAGE, DemoKB, compact_picture
 from .models import load_demo_model
@@ -69,8 +71,11 @@ def _session(request) -> str:
 
 
 class DemoApp:
-    def __init__(self, loaded=None, kb: DemoKB = None, sessions: SessionEntities = None):
+    def __init__(self, loaded=None, kb: DemoKB = None, sessions: SessionEntities = None, batch: bool = None):
         self.loaded = loaded or load_demo_model()
+        # held by whatever runs the model: links run in the batcher's thread beside the "model" handlers
+        self.model_lock = threading.RLock()
+        self.batcher = LinkBatcher(lock=self.model_lock) if (batching_on() if batch is None else batch) else None
         self.kb = (kb or DemoKB(self.loaded)).start()
         self.sessions = sessions or SessionEntities()
         # relevance maps depend only on the model's encoder: decided once, not tried again on each request
@@ -124,9 +129,12 @@ class DemoApp:
         image = uploaded_image(image_path)
         overlay = self.sessions.overlay(_session(request))
         try:
-            sentence, mention = check_query(sentence, mention)
-            terms = linker.mention_terms([Query(sentence, mention, image)])
-            result = linker.link_terms(terms, int(top_k), extra=overlay)
+            query = Query(*check_query(sentence, mention), image)
+            if self.batcher:  # waits with the other requests for one shared encoder pass
+                result, terms = self.batcher.link(linker, query, int(top_k), overlay)
+            else:
+                terms = linker.mention_terms([query])
+                result = linker.link_terms(terms, int(top_k), extra=overlay)
         except QueryError as e:
             raise gr.Error(str(e)) from None
         return result, image, terms, overlay
@@ -184,7 +192,8 @@ class DemoApp:
         # QueryError: a limit, or an empty name
         with visitor_errors("The entity could not be added; the details are in the server log.", QueryError,
                             logged="adding an entity failed", what="/add_entity"):
-            record = self.sessions.add(_session(request), self.loaded.model, precision, name, description, image)
+            with self.model_lock:
+                record = self.sessions.add(_session(request), self.loaded.model, precision, name, description, image)
         count, limit = len(self.sessions.overlay(_session(request))), self.sessions.per_session
         message = (f"Added “{record['name']}” for this session ({count} of {limit}): it can be linked right away, "
                    "by you only, until you close the page.")
@@ -217,8 +226,9 @@ class DemoApp:
                             (QueryError, ImageError), logged="explanation failed", what="an explanation"):
             image = open_picture(state["picture"]) if state.get("picture") else None
             sentence, mention = check_query(state["sentence"], state["mention"])
-            out = linker.explain(sentence, mention, image, entity_key, state.get("terms"), extra=overlay,
-                                 relevance=self.no_relevance is None)
+            with self.model_lock:
+                out = linker.explain(sentence, mention, image, entity_key, state.get("terms"), extra=overlay,
+                                     relevance=self.no_relevance is None)
             if self.no_relevance:
                 notes.append(self.no_relevance)
             meta = self._entity(entity_key, overlay)
@@ -292,7 +302,8 @@ class DemoApp:
         key = entity.strip()  # a session entity's id, else a KB index (checked as Linker.explain checks it)
         with visitor_errors("Something went wrong while explaining; the details are in the server log.",
                             (QueryError, UnsupportedBackbone), logged="/explain failed", what="/explain"):
-            out = linker.explain(sentence, mention, image, key, extra=overlay)
+            with self.model_lock:
+                out = linker.explain(sentence, mention, image, key, extra=overlay)
             index, meta = linker.entity_record(key, overlay)
         record = {"index": index, "id": meta.get("id"), "qid": meta.get("qid"),
                   "name": meta.get("name"), "session": bool(meta.get("session"))}

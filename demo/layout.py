@@ -153,18 +153,21 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                            explanation]
         query_limits = input_validator("sentence", "mention", "image", "top_k")
         link_outputs = [table, chart, candidate, state, best, answer]
+        # batched, links wait together in the batcher (demo/batching.py), up to its bound; else one at a time
+        linking = dict(concurrency_id="link", concurrency_limit=app.batcher.max_waiting) if app.batcher \
+            else dict(concurrency_id="model")
 
         def then_explain(linked):
             linked.then(None, js=SCROLL_TO_ANSWER).then(
                 app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
 
         then_explain(gr.on([link.click, sentence.submit, mention.submit], app.ui_link, [sentence, mention, image, top_k],
-                           link_outputs, api_visibility="private", concurrency_id="model", validator=query_limits))
+                           link_outputs, api_visibility="private", validator=query_limits, **linking))
         # an example: fill the form, link it, show the answer
         then_explain(gallery.click(lambda i: fill_example(examples, i), gallery, [sentence, mention, image, top_k],
                                    api_visibility="private").success(
             app.ui_link, [sentence, mention, image, top_k], link_outputs, api_visibility="private",
-            concurrency_id="model", validator=query_limits))
+            validator=query_limits, **linking))
         table.select(app.select_row, [state], [candidate], api_visibility="private").then(
             app.ui_explain, explain_inputs, explain_outputs, api_visibility="private", concurrency_id="model")
         # the visitor's choice only (.input): after a link, the chain above explains the best match once
@@ -175,7 +178,7 @@ def build_app(app: DemoApp = None) -> gr.Blocks:
                           api_visibility="private")
         word_unit.change(app.word_relevance, [explanation, word_unit], words, api_visibility="private")
         api_button.click(app.api_link, [sentence, mention, image, top_k], api_out, api_name="link",
-                         concurrency_id="model", validator=query_limits)
+                         validator=query_limits, **linking)
         register_link_text(app, sentence, image, top_k, api_out)  # /link_text (docs/mentions.md)
         wire_every_mention(app, every, mentions_view, mentions_note, sentence, mention, image, top_k, link_outputs,
                            then_explain)

@@ -20,7 +20,8 @@ def api_link_text(app, sentence, image_path, top_k, request: gr.Request = None) 
     image = uploaded_image(image_path)
     overlay = app.sessions.overlay(getattr(request, "session_hash", None))
     with visitor_errors(LINK_FAILED, QueryError, logged="/link_text failed"):
-        result = linker.link_text(sentence, image, int(top_k), extra=overlay, max_spans=MAX_SPANS)
+        with app.model_lock:
+            result = linker.link_text(sentence, image, int(top_k), extra=overlay, max_spans=MAX_SPANS)
     return {"sentence": sentence, "model": app.loaded.description, "zero_shot": app.loaded.zero_shot, **result}
 
 
