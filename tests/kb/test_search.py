@@ -146,7 +146,7 @@ def test_encode_kb_and_link_commands(synth_config_path, tiny_clip, tmp_path):
     rows = json.loads(single.stdout)["results"]
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"rank", "index", "id", "qid", "name", "score", "s_t", "s_t_g2g", "s_t_g2l", "s_v",
-                            "s_v_e2m", "s_v_m2e", "s_c"}
+                            "s_v_e2m", "s_v_m2e", "s_c", "image_credit"}
     (tmp_path / "q.jsonl").write_text('{"id": "a", "sentence": "the red falcon in lima", "mention": "falcon", "image": null}\n'
                                       '{"id": "b", "sentence": "a river in oslo", "mention": "river"}\n')
     many = run("link", "--kb", str(tmp_path / "kb"), "--queries", str(tmp_path / "q.jsonl"), "--out",
