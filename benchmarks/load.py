@@ -58,10 +58,12 @@ LEVELS = (1, 4, 16, 32)
 PER_LEVEL = 40
 
 
-def run_clients(url, load, clients):
-    """`load` sent by `clients` concurrent gradio_client clients -> (wall seconds, latencies, errors)."""
+def run_clients(url, load, clients, check=None):
+    """`load` sent by `clients` concurrent gradio_client clients -> (wall seconds, latencies, errors, mismatches).
+    An answer must echo its request's sentence and mention (else it is an error: another request's answer);
+    `check(i, answer)`, when given, must also hold (else request i is a mismatch)."""
     from gradio_client import Client, handle_file
-    latencies, errors, lock = [], [], threading.Lock()
+    latencies, errors, mismatches, lock = [], [], [], threading.Lock()
     next_request = iter(range(len(load)))
     own = [Client(url, verbose=False) for _ in range(clients)]  # made before the clock starts
 
@@ -80,8 +82,12 @@ def run_clients(url, load, clients):
                 with lock:
                     errors.append(f"{i}: {e}")
                 continue
+            elapsed = time.perf_counter() - t
+            same = check is None or check(i, answer)
             with lock:
-                latencies.append(time.perf_counter() - t)
+                latencies.append(elapsed)
+                if not same:
+                    mismatches.append(i)
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in own]
     t0 = time.perf_counter()
@@ -89,7 +95,7 @@ def run_clients(url, load, clients):
         thread.start()
     for thread in threads:
         thread.join()
-    return time.perf_counter() - t0, latencies, errors
+    return time.perf_counter() - t0, latencies, errors, mismatches
 
 
 def throughput():
@@ -102,7 +108,7 @@ def throughput():
         run_clients(url, queries(4), 4)  # warm-up
         rows = {}
         for clients in LEVELS:
-            wall, latencies, errors = run_clients(url, queries(PER_LEVEL), clients)
+            wall, latencies, errors, _ = run_clients(url, queries(PER_LEVEL), clients)
             rows[clients] = {"requests_per_s": round(len(latencies) / wall, 2),
                              "p50_s": round(statistics.median(latencies), 3),
                              "p95_s": round(float(np.percentile(latencies, 95)), 3),
@@ -124,7 +130,7 @@ def throughput():
 
 
 def main():
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     cache = tempfile.mkdtemp(prefix="mimic-load-cache-")
     process, client, ready = start(cache, 7873)
     server = psutil.Process(process.pid)
@@ -133,42 +139,11 @@ def main():
     # what each query gets when it is alone
     alone = [client.predict(s, m, handle_file(i) if i else None, 5, api_name="/link") for s, m, i in load]
 
-    # 1. 32 concurrent clients, 200 requests
-    latencies, errors, mismatches = [], [], []
-    lock = threading.Lock()
-    next_request = iter(range(len(load)))
+    # 1. 32 concurrent clients, 200 requests; each answer's ranking must be the one its query got alone
+    def ranked_as_alone(i, answer):
+        return [r["index"] for r in answer["results"]] == [r["index"] for r in alone[i]["results"]]
 
-    def worker():
-        own = Client(url, verbose=False)
-        while True:
-            with lock:
-                i = next(next_request, None)
-            if i is None:
-                return
-            s, m, image = load[i]
-            t = time.perf_counter()
-            try:
-                job = own.submit(s, m, handle_file(image) if image else None, 5, api_name="/link")
-                answer = job.result(timeout=60)
-            except Exception as e:  # every failure is counted and reported
-                with lock:
-                    errors.append(f"{i}: {e}")
-                continue
-            elapsed = time.perf_counter() - t
-            same = (answer["sentence"] == s and answer["mention"] == m and
-                    [r["index"] for r in answer["results"]] == [r["index"] for r in alone[i]["results"]])
-            with lock:
-                latencies.append(elapsed)
-                if not same:
-                    mismatches.append(i)
-
-    threads = [threading.Thread(target=worker) for _ in range(32)]
-    t0 = time.time()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    concurrent_seconds = time.time() - t0
+    concurrent_seconds, latencies, errors, mismatches = run_clients(url, load, 32, check=ranked_as_alone)
 
     # 2. 1,000 sequential requests, resident memory sampled every 100
     samples = []
