@@ -1,6 +1,8 @@
 """Hugging Face Hub repo names, shared by the checkpoints (mimic/train/hub.py, model repos) and the KB
-stores (mimic/kb/hub.py, dataset repos) that mimic-el publishes and opens by name."""
+stores (mimic/kb/hub.py, dataset repos) that mimic-el publishes and opens by name, and the one upload both make."""
 import os
+import shutil
+import tempfile
 
 
 class HubError(ValueError):
@@ -36,3 +38,24 @@ def public(value):
     if isinstance(value, str) and os.path.isabs(value):
         return os.path.basename(value.rstrip("/"))
     return value
+
+
+def publish(repo_id: str, repo_type: str, stage_into, private: bool, token: str, message: str) -> str:
+    """Create the Hub repo `repo_id` of `repo_type` if needed (`private` applies then) and upload, in one
+    call, the folder `stage_into(folder)` writes in a temporary place (removed afterwards). -> the repo's URL."""
+    from huggingface_hub import HfApi
+    check_repo_id(repo_id, repo_type)
+    staging = tempfile.mkdtemp(prefix="mimic-push-")
+    try:
+        folder = os.path.join(staging, repo_type)
+        stage_into(folder)
+        api = HfApi(token=token)
+        try:
+            url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message)
+        except Exception as e:  # the hub client raises many kinds (no token, no network, no permission)
+            raise HubError(f"could not publish to the Hugging Face Hub as {repo_id} (log in with `hf auth login` "
+                           f"or set HF_TOKEN): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return str(url)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -16,9 +16,8 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 
-from ..data.hubrepo import HubError, check_repo_id, is_repo_name, public
+from ..data.hubrepo import HubError, check_repo_id, is_repo_name, public, publish
 from ..fileio import write_json
 from . import versions
 from .segment import Records, line_offsets, record_id, write_records
@@ -168,20 +167,6 @@ def stage_kb(path: str, folder: str, repo_id: str) -> str:
 
 def push_kb(path: str, repo_id: str, private: bool = False, token: str = None) -> str:
     """Publish a store as the Hub dataset repo `repo_id` (created if needed). Returns the repo's URL."""
-    from huggingface_hub import HfApi
-    check_repo_id(repo_id, "dataset")
-    staging = tempfile.mkdtemp(prefix="mimic-push-kb-")
-    try:
-        stage_kb(path, os.path.join(staging, "kb"), repo_id)
-        api = HfApi(token=token)
-        try:
-            url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-            api.upload_folder(repo_id=repo_id, folder_path=os.path.join(staging, "kb"), repo_type="dataset",
-                              commit_message="Upload KB store (mimic-el)")
-        except Exception as e:  # the hub client raises many kinds (no token, no network, no permission)
-            raise HubError(f"could not publish to the Hugging Face Hub as {repo_id} (log in with `hf auth login` "
-                           f"or set HF_TOKEN): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        return str(url)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return publish(repo_id, "dataset", lambda folder: stage_kb(path, folder, repo_id), private, token,
+                   "Upload KB store (mimic-el)")
 

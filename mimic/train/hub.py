@@ -19,12 +19,10 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 
 import yaml
 
-from ..data.hubrepo import HubError, check_repo_id, public
+from ..data.hubrepo import HubError, check_repo_id, public, publish
 from ..fileio import write_json
 from .checkpoint import CONFIG, CheckpointError, load_checkpoint, save_model
 
@@ -283,19 +281,5 @@ def stage(checkpoint: str, folder: str, repo_id: str, encoder: str = None) -> st
 def push_to_hub(checkpoint: str, repo_id: str, private: bool = False, encoder: str = None, token: str = None) -> str:
     """Publish a checkpoint as the Hub model repo `repo_id` (created if needed; `private` applies then).
     Returns the repo's URL."""
-    from huggingface_hub import HfApi
-    check_repo_id(repo_id)
-    staging = tempfile.mkdtemp(prefix="mimic-push-")
-    try:
-        stage(checkpoint, os.path.join(staging, "model"), repo_id, encoder)
-        api = HfApi(token=token)
-        try:
-            url = api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(repo_id=repo_id, folder_path=os.path.join(staging, "model"), repo_type="model",
-                              commit_message="Upload MIMIC checkpoint (mimic-el)")
-        except Exception as e:  # the hub client raises many kinds (no token, no network, no permission)
-            raise HubError(f"could not publish to the Hugging Face Hub as {repo_id} (log in with `hf auth login` "
-                           f"or set HF_TOKEN): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        return str(url)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return publish(repo_id, "model", lambda folder: stage(checkpoint, folder, repo_id, encoder), private, token,
+                   "Upload MIMIC checkpoint (mimic-el)")

@@ -81,7 +81,7 @@ def test_push_uploads_the_folder_that_loads_back_from_the_hub_cache(tiny_model, 
     save_nil_rule(str(run / "best"), {"feature": "margin", "threshold": 0.25, "accuracy": 0.8, "split": "dev",
                                       "config": "/home/alice/configs/synthetic.yaml"})
     assert push_to_hub(str(run / "best"), REPO, private=True) == f"https://huggingface.co/{REPO}"
-    assert uploads["create"] == [{"repo_id": REPO, "private": True, "exist_ok": True}]
+    assert uploads["create"] == [{"repo_id": REPO, "repo_type": "model", "private": True, "exist_ok": True}]
     (upload,) = uploads["upload"]
     assert upload["repo_id"] == REPO and upload["repo_type"] == "model"
     assert not os.path.exists(upload["folder_path"])  # the staging folder was cleaned up
