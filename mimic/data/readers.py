@@ -14,6 +14,7 @@ is read from the mention image folder as `<imgPath's base name up to its first d
 converted every mention image to JPEG and name them so). Every problem is reported with the file and
 the entry.
 """
+import contextlib
 import json
 import os
 import random
@@ -47,18 +48,27 @@ class Mention:
     answer: str = None  # QID, or "nil"
 
 
-def read_json(path: str, what: str):
+@contextlib.contextmanager
+def _reading(path: str, what: str, kind: str = ""):
+    """Reading the `what` file at `path`: a missing file, a folder or bytes that are not UTF-8 -> DataError
+    naming the file (`kind`, e.g. "JSON ", says what the folder should have been)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        yield
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found")
     except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected the {what} JSON file")
+        raise DataError(f"{path}: is a folder, expected the {what} {kind}file")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})")
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+
+
+def read_json(path: str, what: str):
+    with _reading(path, what, "JSON "):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
 
 
 def _json_list(path: str, what: str, items: str, data=None) -> list:
@@ -176,20 +186,13 @@ def read_credit(path: str, position: int, name: str, credit):
 def read_jsonl(path: str, what: str) -> list:
     """A JSON Lines file (one value a line, blank lines skipped) -> the list of its values."""
     items = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        items.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})")
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found")
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected the {what} file")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})")
+    with _reading(path, what), open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})")
     return items
 
 
