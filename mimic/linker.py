@@ -40,6 +40,15 @@ TEXT_BATCH = 64  # spans encoded per text-encoder pass
 SCORE_BATCH = 16  # spans scored together against the union of their candidates (at most 16 x 64 pairs each)
 
 
+def _store_row(store: KBStore, index: int, scores, b: int, j: int, rank: int = None) -> dict:
+    """A result row for the store's entity `index`: its record's fields and the scores at [b, j]."""
+    meta = store.entities[index]
+    row = {"rank": rank, "index": index, "id": meta.get("id"), "qid": meta.get("qid"), "name": meta.get("name"),
+           "score": scores.s[b, j].item(), "image_credit": meta.get("image_credit")}  # the picture's licence
+    row.update({f: getattr(scores, f)[b, j].item() for f in SCORE_FIELDS})
+    return row
+
+
 class Linker:
     """Links mentions against a store. `refresh()` picks up a new version of the store (after a
     `kb add/update/remove`) without a restart; a request in flight keeps the version it started with."""
@@ -105,12 +114,8 @@ class Linker:
         k = check_top_k(top_k, len(store) + (len(extra) if extra else 0))
         index, scores = searcher.search(mention, max(k, 2), exact)  # the margin rule needs a runner-up
         rows = []
-        for rank, (i, s) in enumerate(zip(index.tolist(), scores.s[0].tolist()), 1):
-            meta = store.entities[i]
-            row = {"rank": rank, "index": i, "id": meta.get("id"), "qid": meta.get("qid"), "name": meta.get("name"),
-                   "score": s, "image_credit": meta.get("image_credit")}  # the picture's licence, to be shown
-            row.update({f: getattr(scores, f)[0, rank - 1].item() for f in SCORE_FIELDS})
-            rows.append(row)
+        for rank, i in enumerate(index.tolist(), 1):
+            rows.append(_store_row(store, i, scores, 0, rank - 1, rank))
         if extra:  # the store's top k and every overlay entity, by score (a tie keeps the KB's first)
             rows = sorted(rows + extra.rows(self.model.matcher, mention), key=lambda r: -r["score"])[:max(k, 2)]
             for rank, row in enumerate(rows, 1):
@@ -223,12 +228,7 @@ class Linker:
                 scored = (self.model.matcher.score(mention, searcher.entity_terms(torch.tensor(entities))), 0,
                           range(len(entities)))
             scores, b, columns = scored
-            for i, j in zip(entities, columns):
-                meta = store.entities[i]
-                row = {"rank": None, "index": i, "id": meta.get("id"), "qid": meta.get("qid"),
-                       "name": meta.get("name"), "score": scores.s[b, j].item()}
-                row.update({f: getattr(scores, f)[b, j].item() for f in SCORE_FIELDS})
-                rows.append(row)
+            rows += [_store_row(store, i, scores, b, j) for i, j in zip(entities, columns)]
         if extra is not None and len(overlay_entities):
             wanted = {extra.records[p]["id"] for p in overlay_entities}
             rows += [r for r in extra.rows(self.model.matcher, mention) if r["id"] in wanted]

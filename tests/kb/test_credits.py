@@ -92,6 +92,8 @@ def test_aliases_go_from_the_entity_file_through_edits_to_mention_detection(tiny
     assert aliases == {"Q1": ["Rouge"], "Q2": None, "Q3": None, "Q4": ["Verdant", "x" * 200]}  # blanks, repeats gone
     found = Linker(tiny_model, store).link_text("Rouge hangs beside Verdant.", top_k=2)["mentions"]
     assert [(m["text"], m["results"][0]["id"]) for m in found] == [("Rouge", "Q1"), ("Verdant", "Q4")]
+    assert found[0]["results"][0]["image_credit"] == CREDIT  # a span's rows are link's rows, credit included
+    assert found[1]["results"][0]["image_credit"] is None
 
 
 def test_aliases_in_an_entity_file_are_checked_and_bounded(tmp_path):
