@@ -112,6 +112,15 @@ class DemoApp:
         done = bool(self.kb.ready or self.kb.error)
         return self.status_markdown(), self.link_button(), gr.Timer(active=not done)
 
+    def still_preparing(self, what: str, action: str) -> bool:
+        """While the KB is prepared, a page action changes nothing: a grey notice (never a red Error) says
+        when `action` works, and the log has one line. False once the KB is ready (or failed)."""
+        if self.kb.ready or self.kb.error:
+            return False
+        gr.Info(f"{preparing(self.kb.status)} {action} works in a few seconds.")
+        log.info("refused %s: the knowledge base is being prepared", what)
+        return True
+
     def _linker(self):
         if self.kb.error:
             raise gr.Error(self.kb.error)  # logged as a refusal by visitor_errors, like every gr.Error here
@@ -156,9 +165,7 @@ class DemoApp:
     def ui_link(self, sentence, mention, image_path, top_k, request: gr.Request = None):
         """The page's Link: -> the ranked list, the chart, the candidate to explain, the session's state, the
         best-match card, the answer's section shown. While the KB is prepared: a notice, nothing changes."""
-        if not (self.kb.ready or self.kb.error):
-            gr.Info(f"{preparing(self.kb.status)} Link works in a few seconds.")
-            log.info("refused a link: the knowledge base is being prepared")
+        if self.still_preparing("a link", "Link"):
             return (gr.skip(),) * 6
         with visitor_errors(LINK_FAILED, logged="linking failed", what="a link"):
             result, image, terms, overlay = self._query(sentence, mention, image_path, top_k, request)

@@ -8,7 +8,7 @@ import gradio as gr
 from mimic.kb.mentions import MAX_SPANS
 from mimic.linker import QueryError
 
-from .handlers import LINK_FAILED, log, preparing, visitor_errors
+from .handlers import LINK_FAILED, visitor_errors
 from .inputs import check_inputs, input_validator, uploaded_image
 
 
@@ -58,9 +58,7 @@ def highlighted(sentence: str, mentions: list) -> tuple:
 
 def ui_link_text(app, sentence, image_path, top_k, request: gr.Request = None):
     """The page's "Find every mention": -> the highlighted text (shown), a line saying what was found."""
-    if not (app.kb.ready or app.kb.error):
-        gr.Info(f"{preparing(app.kb.status)} Finding mentions works in a few seconds.")
-        log.info("refused finding every mention: the knowledge base is being prepared")
+    if app.still_preparing("finding every mention", "Finding mentions"):
         return gr.skip(), gr.skip()
     result = api_link_text(app, sentence, image_path, top_k, request)
     mentions = result["mentions"]
